@@ -1,0 +1,1 @@
+//! Authentication: passwords, TOTP, tokens and access keys. (Being built.)

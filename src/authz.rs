@@ -1,0 +1,1 @@
+//! Authorization with Cedar: policy loading, snapshots and decisions. (Being built.)

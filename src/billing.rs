@@ -1,0 +1,1 @@
+//! Money, prices and bills. (Being built.)

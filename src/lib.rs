@@ -1,0 +1,12 @@
+//! tollgate: a policy-enforcing access gateway for organizations with consolidated billing.
+//!
+//! The code map and the architecture invariants live in `docs/architecture.md`; in short:
+//! a request goes `server` (listen, route) -> `auth` (who) -> `authz` (may they) -> `upstream`
+//! (forward) -> `metering` (durable record) -> response. Only `server`, `upstream`, `api` and
+//! `cli` know HTTP; domain modules (`auth`, `authz`, `org`, `billing`, `metering`, `audit`) do not.
+
+pub mod auth;
+pub mod authz;
+pub mod billing;
+pub mod clock;
+pub mod ids;
