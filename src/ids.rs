@@ -46,7 +46,10 @@ const LOWER_ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 fn random_lower_alnum(len: usize) -> String {
     let mut rng = rand::thread_rng();
     (0..len)
-        .map(|_| char::from(LOWER_ALNUM[rng.gen_range(0..LOWER_ALNUM.len())]))
+        .map(|_| {
+            let i = rng.gen_range(0..LOWER_ALNUM.len());
+            char::from(LOWER_ALNUM.get(i).copied().unwrap_or(b'a'))
+        })
         .collect()
 }
 
@@ -203,7 +206,8 @@ impl RequestId {
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
         if !s.is_empty()
             && s.len() <= 128
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         {
             Ok(Self(s.to_owned()))
         } else {

@@ -5,8 +5,16 @@
 //! (forward) -> `metering` (durable record) -> response. Only `server`, `upstream`, `api` and
 //! `cli` know HTTP; domain modules (`auth`, `authz`, `org`, `billing`, `metering`, `audit`) do not.
 
+pub mod app;
 pub mod auth;
 pub mod authz;
 pub mod billing;
+pub mod body;
+pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod ids;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod upstream;

@@ -1,0 +1,213 @@
+//! HTTP bodies as the gateway passes them along: one boxed body type, plus the two wrappers the
+//! forwarding path needs. Bodies stream; nothing here buffers a whole body.
+//!
+//! - `Capped` counts request bytes on their way to the upstream and fails the stream once a
+//!   route's cap is passed (the pipeline then answers 413).
+//! - `Counted` counts response bytes as they are actually handed to the client and reports,
+//!   once, how the body ended (complete, failed or dropped by the client).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type used everywhere a body crosses a module boundary.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Bytes counted on a request body, readable after it was sent.
+#[derive(Debug, Default)]
+pub struct CapStats {
+    bytes: AtomicU64,
+    exceeded: AtomicBool,
+}
+
+/// A request body that fails once more than `limit` bytes went through.
+pub struct Capped<B> {
+    inner: B,
+    limit: Option<u64>,
+    stats: Arc<CapStats>,
+}
+
+/// The request body was larger than the route allows.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the route's limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+/// How a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// Every byte was passed on.
+    Complete,
+    /// The upstream's body failed midway.
+    Failed,
+    /// The body was dropped before its end (the client went away).
+    Dropped,
+}
+
+/// Called once when a counted body ends, with the bytes passed on and how it ended.
+pub type OnEnd = Box<dyn FnOnce(u64, BodyEnd) + Send + Sync>;
+
+/// A response body that counts what it passes on and reports its end once.
+pub struct Counted<B> {
+    inner: B,
+    bytes: u64,
+    on_end: Option<OnEnd>,
+}
+
+// === impl CapStats ===
+
+impl CapStats {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    pub fn exceeded(&self) -> bool {
+        self.exceeded.load(Ordering::Acquire)
+    }
+}
+
+// === impl Capped ===
+
+impl<B> Capped<B> {
+    pub fn new(inner: B, limit: Option<u64>) -> (Self, Arc<CapStats>) {
+        let stats = Arc::new(CapStats::default());
+        (
+            Self {
+                inner,
+                limit,
+                stats: stats.clone(),
+            },
+            stats,
+        )
+    }
+}
+
+impl<B> HttpBody for Capped<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            let total = self
+                .stats
+                .bytes
+                .fetch_add(data.len() as u64, Ordering::AcqRel)
+                + data.len() as u64;
+            if let Some(limit) = self.limit
+                && total > limit
+            {
+                self.stats.exceeded.store(true, Ordering::Release);
+                return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit }))));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// === impl Counted ===
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, on_end: OnEnd) -> Self {
+        Self {
+            inner,
+            bytes: 0,
+            on_end: Some(on_end),
+        }
+    }
+
+    fn finish(&mut self, end: BodyEnd) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(self.bytes, end);
+        }
+    }
+}
+
+impl<B> HttpBody for Counted<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.finish(BodyEnd::Complete);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.finish(BodyEnd::Failed);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                self.finish(BodyEnd::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Counted<B> {
+    fn drop(&mut self) {
+        self.finish(BodyEnd::Dropped);
+    }
+}

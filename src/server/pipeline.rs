@@ -1,0 +1,233 @@
+//! The request pipeline: what happens to every request, in order.
+//!
+//! ```text
+//! request id -> target checks -> /svc/{service}/{path}?  -> route -> forward -> response
+//!                              otherwise                 -> ops endpoints / JSON API
+//! ```
+//!
+//! Service calls are checked before routing (F1), routed with the compiled table, and forwarded
+//! with header hygiene (F2), streaming bodies (F3) and per-service timeouts (F4).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::body::{self, Body, Capped, Counted};
+use crate::ids::RequestId;
+use crate::metrics::{RequestLabels, ServiceLabels, UpstreamErrorLabels};
+use crate::server::path;
+use crate::server::rejection::{self, Rejection};
+use crate::store::Health;
+use crate::upstream::{UpstreamError, headers};
+
+/// Handles one request; never fails: every error becomes a response.
+pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let request_id = request
+        .headers()
+        .get(&headers::X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| RequestId::parse(v).ok())
+        .unwrap_or_else(RequestId::generate);
+    let mut response = match dispatch(&app, request, peer, &request_id).await {
+        Ok(response) => response,
+        Err(rejection) => rejection.into_response(&request_id),
+    };
+    if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
+        response.headers_mut().insert(headers::X_REQUEST_ID, value);
+    }
+    response
+}
+
+async fn dispatch(
+    app: &Arc<App>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: &RequestId,
+) -> Result<Response<Body>, Rejection> {
+    let uri = request.uri();
+    if uri.scheme().is_some() || uri.authority().is_some() || request.method() == Method::CONNECT {
+        return Err(Rejection::bad_request(
+            "InvalidTarget",
+            "absolute-form and CONNECT request targets are not accepted; send `METHOD /path`",
+        ));
+    }
+    let path = uri.path();
+    if let Some(rest) = path.strip_prefix("/svc/") {
+        path::check(path)?;
+        let (service, service_path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, "/"),
+        };
+        let (service, service_path) = (service.to_owned(), service_path.to_owned());
+        return service_call(app, request, peer, request_id, &service, &service_path).await;
+    }
+    match (request.method(), path) {
+        (&Method::GET, "/healthz") => Ok(json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned())),
+        (&Method::GET, "/readyz") => Ok(readiness(app).await),
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(body::full(app.metrics.render()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(response)
+        }
+        _ => Err(Rejection::not_found(
+            "NotFound",
+            format!(
+                "no endpoint {} `{}`; see docs/api.md",
+                request.method(),
+                truncate(path)
+            ),
+        )),
+    }
+}
+
+async fn service_call(
+    app: &Arc<App>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: &RequestId,
+    service: &str,
+    service_path: &str,
+) -> Result<Response<Body>, Rejection> {
+    let started = Instant::now();
+    let matched = app.routes.route(service, request.method(), service_path)?;
+    let route = &matched.route;
+
+    if let (Some(limit), Some(length)) = (route.max_body, content_length(&request)?)
+        && length > limit
+    {
+        return Err(rejection::payload_too_large(limit));
+    }
+
+    let (mut parts, incoming) = request.into_parts();
+    let upstream_uri = {
+        let base = &matched.service.config.upstream;
+        let query = parts
+            .uri
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        format!(
+            "{}://{}{service_path}{query}",
+            base.scheme_str().unwrap_or("http"),
+            base.authority().map(|a| a.as_str()).unwrap_or_default()
+        )
+    };
+    parts.uri = upstream_uri
+        .parse()
+        .map_err(|e| Rejection::internal(&format_args!("bad upstream uri: {e}")))?;
+    parts.version = http::Version::HTTP_11;
+    let trusted = app.is_trusted_proxy(peer.ip());
+    headers::to_upstream(&mut parts.headers, peer.ip(), trusted);
+    if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
+        parts.headers.insert(headers::X_REQUEST_ID, value);
+    }
+    let (capped, request_bytes) = Capped::new(incoming, route.max_body);
+    let upstream_request = Request::from_parts(parts, capped.boxed_unsync());
+
+    let timeout = matched.service.config.timeout;
+    let result = app.upstreams.send(service, upstream_request, timeout).await;
+    let labels = |status: u16| RequestLabels {
+        service: service.to_owned(),
+        action: route.action.clone(),
+        decision: "allow".to_owned(),
+        status,
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => {
+            let kind = match e {
+                UpstreamError::Unavailable { .. } => "unavailable",
+                UpstreamError::Timeout { .. } => "timeout",
+                UpstreamError::BodyTooLarge { .. } => "body_too_large",
+            };
+            if kind != "body_too_large" && !request_bytes.exceeded() {
+                app.metrics
+                    .upstream_errors
+                    .get_or_create(&UpstreamErrorLabels {
+                        service: service.to_owned(),
+                        kind: kind.to_owned(),
+                    })
+                    .inc();
+            }
+            // A cap hit while streaming surfaces as a failed upstream call: it is the client's.
+            let rejection = match route.max_body {
+                Some(limit) if request_bytes.exceeded() => rejection::payload_too_large(limit),
+                _ => Rejection::from(e),
+            };
+            app.metrics
+                .requests
+                .get_or_create(&labels(rejection.status.as_u16()))
+                .inc();
+            return Err(rejection);
+        }
+    };
+
+    let (mut parts, incoming) = response.into_parts();
+    headers::to_client(&mut parts.headers);
+    app.metrics
+        .requests
+        .get_or_create(&labels(parts.status.as_u16()))
+        .inc();
+    app.metrics
+        .request_duration
+        .get_or_create(&ServiceLabels {
+            service: service.to_owned(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    let counted = Counted::new(incoming, Box::new(|_bytes, _end| {}));
+    Ok(Response::from_parts(parts, counted.boxed_unsync()))
+}
+
+/// The declared body length, if any; a malformed one is the client's error.
+fn content_length(request: &Request<Incoming>) -> Result<Option<u64>, Rejection> {
+    match request.headers().get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                Rejection::bad_request("InvalidHeader", "Content-Length is not a number")
+            }),
+    }
+}
+
+async fn readiness(app: &App) -> Response<Body> {
+    let store = app.store.check_writable().await;
+    let ready = store.is_ok();
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "unready" },
+        "checks": {
+            "store": match &store { Ok(()) => "ok".to_owned(), Err(e) => e.to_string() },
+        }
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(status, body.to_string())
+}
+
+pub fn json(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(body::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(200).collect()
+}

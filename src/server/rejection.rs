@@ -1,0 +1,172 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every module error that can reach a client is converted here into a status, a public
+//! PascalCase code and a message a person can act on, in SPEC's body shape:
+//! `{"error":{"code","message"},"request_id"}`. Internal details go to the log, never to the
+//! client; the class tells client faults (4xx), upstream faults (502/504) and our own (5xx) apart.
+
+use http::{HeaderValue, Response, StatusCode, header};
+use serde::Serialize;
+
+use crate::body::{self, Body};
+use crate::ids::RequestId;
+use crate::server::path::PathError;
+use crate::server::route::RouteError;
+use crate::store::StoreError;
+use crate::upstream::UpstreamError;
+
+/// Who caused a failed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Client,
+    Upstream,
+    Internal,
+}
+
+/// An error response on its way to the client.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// For 403s from authorization: `"account"` or `"organization"`.
+    pub denied_by: Option<&'static str>,
+    pub retry_after_secs: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
+    request_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct ErrorObject<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    denied_by: Option<&'a str>,
+}
+
+// === impl Rejection ===
+
+impl Rejection {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            denied_by: None,
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// A failure on our side; the cause is logged, the client gets a neutral message.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "the gateway failed to handle the request; retry, and report the request id if it persists",
+        )
+    }
+
+    pub fn class(&self) -> Class {
+        match self.status {
+            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => Class::Upstream,
+            s if s.is_server_error() => Class::Internal,
+            _ => Class::Client,
+        }
+    }
+
+    pub fn into_response(self, request_id: &RequestId) -> Response<Body> {
+        let body = ErrorBody {
+            error: ErrorObject {
+                code: self.code,
+                message: &self.message,
+                denied_by: self.denied_by,
+            },
+            request_id: request_id.as_str(),
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let mut response = Response::new(body::full(json));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<PathError> for Rejection {
+    fn from(e: PathError) -> Self {
+        Rejection::bad_request("InvalidPath", format!("{e}; send the canonical path"))
+    }
+}
+
+impl From<RouteError> for Rejection {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::NoSuchService { .. } => Rejection::not_found(
+                "NoSuchService",
+                format!("{e}; the configured services are listed in the operator's config"),
+            ),
+            RouteError::NoSuchRoute { .. } => Rejection::not_found(
+                "NoSuchRoute",
+                format!("{e}; check the method and path against the service's routes"),
+            ),
+        }
+    }
+}
+
+impl From<UpstreamError> for Rejection {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::Unavailable { .. } => Rejection::new(
+                StatusCode::BAD_GATEWAY,
+                "UpstreamUnavailable",
+                format!("{e}; the call was not charged, retry later"),
+            ),
+            UpstreamError::Timeout { .. } => Rejection::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "UpstreamTimeout",
+                format!("{e}; the call was not charged, retry later"),
+            ),
+            UpstreamError::BodyTooLarge { limit } => payload_too_large(limit),
+        }
+    }
+}
+
+impl From<StoreError> for Rejection {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store failure");
+        Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "StoreUnavailable",
+            "the gateway cannot reach its store right now; retry later",
+        )
+    }
+}
+
+pub fn payload_too_large(limit: u64) -> Rejection {
+    Rejection::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PayloadTooLarge",
+        format!(
+            "the request body exceeds this route's limit of {limit} bytes; send a smaller body"
+        ),
+    )
+}

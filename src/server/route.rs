@@ -1,0 +1,250 @@
+//! The route table, compiled once from config: `/svc/{service}/{path}` -> service, route and
+//! action. Matching is linear in a service's own routes and allocates nothing.
+//!
+//! Patterns are literal segments and `*`: a `*` segment matches exactly one segment, except as
+//! the last segment, where it matches one or more. The first matching route in config order wins.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::{Config, PriceConfig, RouteConfig, ServiceConfig};
+
+/// Every service's routes, by service name.
+#[derive(Debug)]
+pub struct RouteTable {
+    services: HashMap<String, Arc<Service>>,
+}
+
+/// A service as the pipeline needs it.
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub config: ServiceConfig,
+    routes: Vec<Arc<Route>>,
+}
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    pub service: String,
+    pub method: Option<http::Method>,
+    pub pattern: String,
+    pub action: String,
+    pub max_body: Option<u64>,
+    pub price: PriceConfig,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Any,
+}
+
+/// Why a service call found no route.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("no service named `{service}`")]
+    NoSuchService { service: String },
+    #[error("service `{service}` has no route for {method} `{path}`")]
+    NoSuchRoute {
+        service: String,
+        method: String,
+        path: String,
+    },
+}
+
+/// The result of routing one call.
+#[derive(Debug, Clone)]
+pub struct Matched {
+    pub service: Arc<Service>,
+    pub route: Arc<Route>,
+}
+
+// === impl RouteTable ===
+
+impl RouteTable {
+    pub fn compile(config: &Config) -> Self {
+        let services = config
+            .services
+            .iter()
+            .map(|s| {
+                let routes = s
+                    .routes
+                    .iter()
+                    .map(|r| Arc::new(Route::compile(&s.name, r)))
+                    .collect();
+                let service = Service {
+                    name: s.name.clone(),
+                    config: s.clone(),
+                    routes,
+                };
+                (s.name.clone(), Arc::new(service))
+            })
+            .collect();
+        Self { services }
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
+        self.services.get(name)
+    }
+
+    /// Routes `method` + `path` (the part after `/svc/{service}`, starting with `/`).
+    pub fn route(
+        &self,
+        service: &str,
+        method: &http::Method,
+        path: &str,
+    ) -> Result<Matched, RouteError> {
+        let svc = self
+            .services
+            .get(service)
+            .ok_or_else(|| RouteError::NoSuchService {
+                service: service.to_owned(),
+            })?;
+        svc.routes
+            .iter()
+            .find(|r| r.matches(method, path))
+            .map(|route| Matched {
+                service: svc.clone(),
+                route: route.clone(),
+            })
+            .ok_or_else(|| RouteError::NoSuchRoute {
+                service: service.to_owned(),
+                method: method.to_string(),
+                path: path.chars().take(200).collect(),
+            })
+    }
+}
+
+// === impl Route ===
+
+impl Route {
+    fn compile(service: &str, r: &RouteConfig) -> Self {
+        let segments = r
+            .path
+            .split('/')
+            .skip(1)
+            .map(|s| {
+                if s == "*" {
+                    Segment::Any
+                } else {
+                    Segment::Literal(s.to_owned())
+                }
+            })
+            .collect();
+        Self {
+            service: service.to_owned(),
+            method: r.method.clone(),
+            pattern: r.path.clone(),
+            action: r.action.clone(),
+            max_body: r.max_body,
+            price: r.price.clone(),
+            segments,
+        }
+    }
+
+    fn matches(&self, method: &http::Method, path: &str) -> bool {
+        if self.method.as_ref().is_some_and(|m| m != method) {
+            return false;
+        }
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut parts = rest.split('/');
+        let last = self.segments.len().saturating_sub(1);
+        for (i, segment) in self.segments.iter().enumerate() {
+            let Some(part) = parts.next() else {
+                return false;
+            };
+            match segment {
+                Segment::Literal(lit) if lit != part => return false,
+                Segment::Any if part.is_empty() => return false,
+                Segment::Any if i == last => return true,
+                _ => {}
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        let config = Config::parse(
+            r#"
+[[services]]
+name = "storage"
+upstream = "http://127.0.0.1:1"
+  [[services.routes]]
+  method = "GET"
+  path = "/objects"
+  action = "storage:ListObjects"
+  [[services.routes]]
+  method = "GET"
+  path = "/objects/*"
+  action = "storage:GetObject"
+  [[services.routes]]
+  path = "/buckets/*/meta"
+  action = "storage:Meta"
+"#,
+        )
+        .unwrap_or_else(|p| panic!("{p:?}"));
+        RouteTable::compile(&config)
+    }
+
+    fn action(t: &RouteTable, method: &str, path: &str) -> Option<String> {
+        let method = http::Method::from_bytes(method.as_bytes()).unwrap_or_default();
+        t.route("storage", &method, path)
+            .ok()
+            .map(|m| m.route.action.clone())
+    }
+
+    #[test]
+    fn literal_and_wildcards() {
+        let t = table();
+        assert_eq!(
+            action(&t, "GET", "/objects").as_deref(),
+            Some("storage:ListObjects")
+        );
+        assert_eq!(
+            action(&t, "GET", "/objects/a").as_deref(),
+            Some("storage:GetObject")
+        );
+        assert_eq!(
+            action(&t, "GET", "/objects/a/b/c").as_deref(),
+            Some("storage:GetObject")
+        );
+        assert_eq!(
+            action(&t, "GET", "/objects/"),
+            None,
+            "a trailing `*` needs a segment"
+        );
+        assert_eq!(action(&t, "PUT", "/objects/a"), None, "method must match");
+        assert_eq!(
+            action(&t, "DELETE", "/buckets/b1/meta").as_deref(),
+            Some("storage:Meta")
+        );
+        assert_eq!(
+            action(&t, "GET", "/buckets/b1/x/meta"),
+            None,
+            "inner `*` is one segment"
+        );
+        assert_eq!(action(&t, "GET", "/objectsx"), None);
+    }
+
+    #[test]
+    fn unknown_service_and_route_are_distinct_errors() {
+        let t = table();
+        assert!(matches!(
+            t.route("nope", &http::Method::GET, "/x"),
+            Err(RouteError::NoSuchService { .. })
+        ));
+        assert!(matches!(
+            t.route("storage", &http::Method::GET, "/x"),
+            Err(RouteError::NoSuchRoute { .. })
+        ));
+    }
+}

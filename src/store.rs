@@ -1,0 +1,43 @@
+//! Durable state. Everything the gateway must remember lives behind these traits, never in
+//! memory alone: accounts, users, organizations, the ledger, the decision log.
+//!
+//! `sqlite` is the embedded default (one file in the data dir). A PostgreSQL implementation
+//! satisfies the same traits for a fleet of instances. Domain modules call the traits; only this
+//! module knows SQL.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached, opened or written (disk full, read-only, locked, down).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The stored data breaks an invariant this version relies on.
+    #[error("store corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Liveness and writability, for `/readyz`.
+#[async_trait::async_trait]
+pub trait Health: Send + Sync {
+    /// Proves the store accepts a durable write right now.
+    async fn check_writable(&self) -> Result<(), StoreError>;
+}
+
+/// The store as the rest of the gateway sees it.
+pub trait Store: Health {}
+
+impl<T: Health> Store for T {}
+
+pub type SharedStore = Arc<dyn Store>;
+
+// === impl StoreError ===
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}

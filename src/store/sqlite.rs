@@ -1,0 +1,189 @@
+//! The embedded store: one SQLite database (`tollgate.db`) in the data dir, in WAL mode with
+//! `synchronous=FULL`, so a committed transaction survives a power cut.
+//!
+//! Blocking SQLite calls run on tokio's blocking pool, never on a reactor thread. Schema changes
+//! are numbered migrations tracked in `PRAGMA user_version`; a database from a newer tollgate is
+//! refused rather than guessed at.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags};
+
+use super::{Health, StoreError};
+
+/// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`. Never edit a
+/// released entry: add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: bookkeeping
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+     INSERT INTO meta (key, value) VALUES ('created_by', 'tollgate'), ('probe', '0');",
+];
+
+/// The embedded SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+// === impl SqliteStore ===
+
+impl SqliteStore {
+    /// Opens (creating on first start) `tollgate.db` in `data_dir` and brings its schema up to date.
+    /// The data dir is created 0700 and the database file 0600.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        create_private_dir(data_dir)?;
+        let path = data_dir.join("tollgate.db");
+        if !path.exists() {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create `{}`: {e}", path.display()))
+                })?;
+        }
+        let conn = open_connection(&path)?;
+        let store = Self {
+            inner: Arc::new(Inner {
+                path,
+                conn: Mutex::new(conn),
+            }),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.inner.conn.lock();
+        let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let target = MIGRATIONS.len() as i64;
+        if current > target {
+            return Err(StoreError::Corrupt(format!(
+                "database schema version {current} is newer than this tollgate knows ({target}); upgrade tollgate"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&mut inner.conn.lock()))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+#[async_trait::async_trait]
+impl Health for SqliteStore {
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        self.call(|conn| {
+            conn.execute(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'probe'",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Opens a connection with the settings every connection must share.
+pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;",
+    )?;
+    Ok(conn)
+}
+
+/// Creates `dir` (and parents) with mode 0700 if it does not exist.
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create `{}`: {e}", dir.display()))
+        })?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+            StoreError::Unavailable(format!("cannot restrict `{}`: {e}", dir.display()))
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn creates_private_files_and_migrates_once() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let data = dir.path().join("data");
+        let store = SqliteStore::open(&data).unwrap_or_else(|e| panic!("{e}"));
+        let mode = |p: &Path| {
+            fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0)
+        };
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(store.path()), 0o600);
+        store
+            .check_writable()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(store);
+        // A second open finds the schema current and keeps the data.
+        let store = SqliteStore::open(&data).unwrap_or_else(|e| panic!("{e}"));
+        let probe: String = store
+            .call(
+                |c| Ok(c.query_row("SELECT value FROM meta WHERE key='probe'", [], |r| r.get(0))?),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(probe, "1");
+    }
+
+    #[tokio::test]
+    async fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = SqliteStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        store
+            .call(|c| Ok(c.pragma_update(None, "user_version", 999)?))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(store);
+        assert!(matches!(
+            SqliteStore::open(dir.path()),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+}

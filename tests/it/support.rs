@@ -1,0 +1,16 @@
+//! Test scaffolding: `TestGateway` (the app in-process on port 0 with a temp data dir and a
+//! manual clock), `Upstream` (a recording upstream server), `Client` and a raw-socket helper,
+//! and `binary()` for tests that must run the real executable.
+
+pub mod client;
+pub mod gateway;
+pub mod upstream;
+
+pub use client::Client;
+pub use gateway::TestGateway;
+pub use upstream::Upstream;
+
+/// Path of the built `tollgate` binary.
+pub fn binary() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_tollgate"))
+}

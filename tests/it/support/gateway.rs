@@ -1,0 +1,145 @@
+//! `TestGateway`: the gateway built from the shipped config, in-process, listening on port 0,
+//! with its data in a temp dir, every service pointed at a test upstream and a manual clock.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tollgate::app::App;
+use tollgate::clock::ManualClock;
+use tollgate::config::Config;
+
+use super::Client;
+
+pub struct TestGateway {
+    pub app: Arc<App>,
+    pub addr: std::net::SocketAddr,
+    pub client: Client,
+    pub clock: Arc<ManualClock>,
+    pub data_dir: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// Adjusts the parsed shipped config before the gateway starts.
+pub type Tweak = Box<dyn FnOnce(&mut Config)>;
+
+pub struct Builder {
+    upstream: String,
+    tweaks: Vec<Tweak>,
+    data_dir: Option<PathBuf>,
+}
+
+impl TestGateway {
+    /// Every shipped service pointed at `upstream`.
+    pub fn builder(upstream: &str) -> Builder {
+        Builder {
+            upstream: upstream.to_owned(),
+            tweaks: Vec::new(),
+            data_dir: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting and drains, as on SIGTERM; returns when the server task ends.
+    pub async fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+    }
+
+    /// Starts the shutdown and hands back a future that completes when draining is done.
+    pub fn begin_shutdown(&mut self) -> impl Future<Output = ()> + use<> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let task = self.task.take();
+        async move {
+            if let Some(task) = task {
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+impl Builder {
+    pub fn tweak(mut self, f: impl FnOnce(&mut Config) + 'static) -> Self {
+        self.tweaks.push(Box::new(f));
+        self
+    }
+
+    pub fn service_timeout(self, service: &'static str, timeout: Duration) -> Self {
+        self.tweak(move |c| {
+            for s in c.services.iter_mut().filter(|s| s.name == service) {
+                s.timeout = timeout;
+            }
+        })
+    }
+
+    /// Reuse a data dir (to test restarts); the caller keeps it alive.
+    pub fn data_dir(mut self, dir: PathBuf) -> Self {
+        self.data_dir = Some(dir);
+        self
+    }
+
+    pub async fn start(self) -> TestGateway {
+        let mut config = Config::embedded_default().expect("shipped config is valid");
+        let upstream: http::Uri = self.upstream.parse().expect("upstream url");
+        for service in &mut config.services {
+            service.upstream = upstream.clone();
+        }
+        config.server.listen = "127.0.0.1:0".parse().expect("addr");
+        config.server.shutdown_grace = Duration::from_secs(10);
+        config.policies.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let (temp, data_dir) = match self.data_dir {
+            Some(dir) => (None, dir),
+            None => {
+                let temp = tempfile::tempdir().expect("tempdir");
+                let dir = temp.path().join("data");
+                (Some(temp), dir)
+            }
+        };
+        config.store.data_dir = data_dir.clone();
+        for tweak in self.tweaks {
+            tweak(&mut config);
+        }
+        let clock = Arc::new(ManualClock::starting_now());
+        let app = App::build(config, clock.clone())
+            .await
+            .expect("gateway starts");
+        let listener = app.bind().await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(app.clone().run(listener, async move {
+            let _ = rx.await;
+        }));
+        TestGateway {
+            app,
+            addr,
+            client: Client::new(&format!("http://{addr}")),
+            clock,
+            data_dir,
+            shutdown: Some(tx),
+            task: Some(task),
+            _temp: temp,
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
