@@ -1,0 +1,397 @@
+//! Per-account password policy (SPEC U2): ranges, the management-account floor, checking a
+//! candidate password against every rule at once, and password expiry.
+//!
+//! Pure: no hashing (see `password`), no storage. The caller stores [`PasswordPolicyParams`]
+//! and rebuilds the policy with [`PasswordPolicy::new`], which is the only way to get one.
+
+use std::fmt;
+use std::ops::RangeInclusive;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::password::MAX_PASSWORD_BYTES;
+
+/// Allowed `min_length` values (U2).
+pub const MIN_LENGTH_RANGE: RangeInclusive<u32> = 8..=128;
+/// Allowed `max_age_days` values (U2).
+pub const MAX_AGE_DAYS_RANGE: RangeInclusive<u16> = 1..=1095;
+/// Allowed `reuse_prevention` values (U2).
+pub const REUSE_PREVENTION_RANGE: RangeInclusive<u8> = 1..=24;
+
+/// The plain settings of a policy, as the API receives them and the store keeps them.
+/// Not validated: turn them into a [`PasswordPolicy`] with [`PasswordPolicy::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordPolicyParams {
+    pub min_length: u32,
+    pub require_uppercase: bool,
+    pub require_lowercase: bool,
+    pub require_digit: bool,
+    pub require_symbol: bool,
+    pub max_age_days: Option<u16>,
+    pub reuse_prevention: Option<u8>,
+}
+
+/// A password policy whose values are within the U2 ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordPolicy(PasswordPolicyParams);
+
+/// One rule a password must meet; `Display` is the phrase a person reads after "needs".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordRule {
+    MinLength(u32),
+    MaxBytes(usize),
+    Uppercase,
+    Lowercase,
+    Digit,
+    Symbol,
+}
+
+/// Every rule a candidate password does not meet, in policy order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the password needs {}", join_rules(.unmet))]
+pub struct PasswordPolicyViolation {
+    pub unmet: Vec<PasswordRule>,
+}
+
+/// Why a set of policy settings was refused; lists every out-of-range field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordPolicyError {
+    #[error("invalid password policy: {}", join_fields(.0))]
+    OutOfRange(Vec<FieldOutOfRange>),
+}
+
+/// One field outside its U2 range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FieldOutOfRange {
+    #[error("`min_length` is {0}, must be 8 to 128")]
+    MinLength(u32),
+    #[error("`max_age_days` is {0}, must be 1 to 1095")]
+    MaxAgeDays(u16),
+    #[error("`reuse_prevention` is {0}, must be 1 to 24")]
+    ReusePrevention(u8),
+}
+
+// === impl PasswordPolicy ===
+
+impl PasswordPolicy {
+    /// Validates every range at once and reports every field that is out of range.
+    pub fn new(params: PasswordPolicyParams) -> Result<Self, PasswordPolicyError> {
+        let mut problems = Vec::new();
+        if !MIN_LENGTH_RANGE.contains(&params.min_length) {
+            problems.push(FieldOutOfRange::MinLength(params.min_length));
+        }
+        if let Some(days) = params.max_age_days
+            && !MAX_AGE_DAYS_RANGE.contains(&days)
+        {
+            problems.push(FieldOutOfRange::MaxAgeDays(days));
+        }
+        if let Some(count) = params.reuse_prevention
+            && !REUSE_PREVENTION_RANGE.contains(&count)
+        {
+            problems.push(FieldOutOfRange::ReusePrevention(count));
+        }
+        if problems.is_empty() {
+            Ok(Self(params))
+        } else {
+            Err(PasswordPolicyError::OutOfRange(problems))
+        }
+    }
+
+    /// The settings, for the store and the API.
+    pub fn params(&self) -> PasswordPolicyParams {
+        self.0
+    }
+
+    pub fn max_age_days(&self) -> Option<u16> {
+        self.0.max_age_days
+    }
+
+    /// How many previous passwords (the current one included) may not be reused.
+    pub fn reuse_prevention(&self) -> Option<u8> {
+        self.0.reuse_prevention
+    }
+
+    /// The policy that actually applies: a management account's users never get less than the
+    /// default (U2), whatever the account set; other accounts get their policy as set.
+    pub fn effective(&self, is_management_account: bool) -> Self {
+        if !is_management_account {
+            return *self;
+        }
+        let floor = Self::default().0;
+        let own = self.0;
+        Self(PasswordPolicyParams {
+            min_length: own.min_length.max(floor.min_length),
+            require_uppercase: own.require_uppercase || floor.require_uppercase,
+            require_lowercase: own.require_lowercase || floor.require_lowercase,
+            require_digit: own.require_digit || floor.require_digit,
+            require_symbol: own.require_symbol || floor.require_symbol,
+            ..own
+        })
+    }
+
+    /// Checks a candidate password against every rule and reports all unmet ones together.
+    /// Length counts characters; upper/lower/digit are ASCII; a symbol is printable ASCII that
+    /// is not a letter, digit or space (U2). The byte cap of the hasher is a rule too, so an
+    /// over-long password is a policy violation rather than a hashing error.
+    pub fn check(&self, password: &str) -> Result<(), PasswordPolicyViolation> {
+        let p = &self.0;
+        let length = u32::try_from(password.chars().count()).unwrap_or(u32::MAX);
+        let mut unmet = Vec::new();
+        if length < p.min_length {
+            unmet.push(PasswordRule::MinLength(p.min_length));
+        }
+        if password.len() > MAX_PASSWORD_BYTES {
+            unmet.push(PasswordRule::MaxBytes(MAX_PASSWORD_BYTES));
+        }
+        let has = |f: fn(&char) -> bool| password.chars().any(|c| f(&c));
+        if p.require_uppercase && !has(char::is_ascii_uppercase) {
+            unmet.push(PasswordRule::Uppercase);
+        }
+        if p.require_lowercase && !has(char::is_ascii_lowercase) {
+            unmet.push(PasswordRule::Lowercase);
+        }
+        if p.require_digit && !has(char::is_ascii_digit) {
+            unmet.push(PasswordRule::Digit);
+        }
+        if p.require_symbol && !has(is_symbol) {
+            unmet.push(PasswordRule::Symbol);
+        }
+        if unmet.is_empty() {
+            Ok(())
+        } else {
+            Err(PasswordPolicyViolation { unmet })
+        }
+    }
+
+    /// Whether a password last changed at `changed_at` has outlived `max_age_days` at `now`.
+    /// An expired password still logs in, but allows only a password change (U2).
+    pub fn is_expired(&self, changed_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        match self.0.max_age_days {
+            Some(days) => now >= changed_at + Duration::days(i64::from(days)),
+            None => false,
+        }
+    }
+}
+
+impl Default for PasswordPolicy {
+    /// U2's default: 8 characters with an upper-case letter, a lower-case letter, a digit and
+    /// a symbol; no expiry, no reuse prevention.
+    fn default() -> Self {
+        Self(PasswordPolicyParams {
+            min_length: 8,
+            require_uppercase: true,
+            require_lowercase: true,
+            require_digit: true,
+            require_symbol: true,
+            max_age_days: None,
+            reuse_prevention: None,
+        })
+    }
+}
+
+fn is_symbol(c: &char) -> bool {
+    c.is_ascii_graphic() && !c.is_ascii_alphanumeric()
+}
+
+// === impl PasswordRule ===
+
+impl fmt::Display for PasswordRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MinLength(n) => write!(f, "at least {n} characters"),
+            Self::MaxBytes(n) => write!(f, "at most {n} bytes"),
+            Self::Uppercase => f.write_str("an upper-case letter"),
+            Self::Lowercase => f.write_str("a lower-case letter"),
+            Self::Digit => f.write_str("a digit"),
+            Self::Symbol => f.write_str("a symbol"),
+        }
+    }
+}
+
+fn join_rules(rules: &[PasswordRule]) -> String {
+    let parts: Vec<String> = rules.iter().map(ToString::to_string).collect();
+    match parts.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => parts.concat(),
+    }
+}
+
+fn join_fields(fields: &[FieldOutOfRange]) -> String {
+    fields
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> PasswordPolicyParams {
+        PasswordPolicy::default().params()
+    }
+
+    fn policy(params: PasswordPolicyParams) -> PasswordPolicy {
+        PasswordPolicy::new(params).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn ranges_are_enforced_and_every_bad_field_is_named() {
+        for ok in [8, 128] {
+            assert!(
+                PasswordPolicy::new(PasswordPolicyParams {
+                    min_length: ok,
+                    ..params()
+                })
+                .is_ok()
+            );
+        }
+        let err = PasswordPolicy::new(PasswordPolicyParams {
+            min_length: 7,
+            max_age_days: Some(1096),
+            reuse_prevention: Some(25),
+            ..params()
+        });
+        let Err(PasswordPolicyError::OutOfRange(fields)) = err else {
+            panic!("expected out of range, got {err:?}");
+        };
+        assert_eq!(
+            fields,
+            vec![
+                FieldOutOfRange::MinLength(7),
+                FieldOutOfRange::MaxAgeDays(1096),
+                FieldOutOfRange::ReusePrevention(25),
+            ]
+        );
+        let message = PasswordPolicyError::OutOfRange(fields).to_string();
+        for name in ["`min_length`", "`max_age_days`", "`reuse_prevention`"] {
+            assert!(message.contains(name), "{message}");
+        }
+        assert!(
+            PasswordPolicy::new(PasswordPolicyParams {
+                min_length: 129,
+                ..params()
+            })
+            .is_err()
+        );
+        assert!(
+            PasswordPolicy::new(PasswordPolicyParams {
+                max_age_days: Some(0),
+                ..params()
+            })
+            .is_err()
+        );
+        assert!(
+            PasswordPolicy::new(PasswordPolicyParams {
+                reuse_prevention: Some(0),
+                ..params()
+            })
+            .is_err()
+        );
+        assert!(
+            PasswordPolicy::new(PasswordPolicyParams {
+                max_age_days: Some(1095),
+                reuse_prevention: Some(24),
+                ..params()
+            })
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn default_requires_eight_characters_of_every_class() {
+        let p = PasswordPolicy::default();
+        assert!(p.check("Abcdef1!").is_ok());
+        assert_eq!(
+            p.check("abc").map_err(|v| v.unmet),
+            Err(vec![
+                PasswordRule::MinLength(8),
+                PasswordRule::Uppercase,
+                PasswordRule::Digit,
+                PasswordRule::Symbol,
+            ])
+        );
+        // A space is not a symbol; a non-ASCII character is no class at all.
+        assert!(p.check("Abcdef1 ").is_err());
+        assert!(p.check("Abcdef1é").is_err());
+        assert!(p.check("Abcdef1~").is_ok());
+    }
+
+    #[test]
+    fn violation_message_names_each_unmet_rule() {
+        let p = policy(PasswordPolicyParams {
+            min_length: 12,
+            ..params()
+        });
+        let err = p
+            .check("short")
+            .err()
+            .unwrap_or_else(|| panic!("should fail"));
+        assert_eq!(
+            err.to_string(),
+            "the password needs at least 12 characters, an upper-case letter, a digit and a symbol"
+        );
+        let only_length = policy(PasswordPolicyParams {
+            min_length: 12,
+            require_uppercase: false,
+            require_lowercase: false,
+            require_digit: false,
+            require_symbol: false,
+            ..params()
+        });
+        let err = only_length
+            .check("x")
+            .err()
+            .unwrap_or_else(|| panic!("should fail"));
+        assert_eq!(err.to_string(), "the password needs at least 12 characters");
+    }
+
+    #[test]
+    fn overlong_passwords_violate_the_byte_cap() {
+        let p = PasswordPolicy::default();
+        let long = format!("Aa1!{}", "x".repeat(MAX_PASSWORD_BYTES));
+        assert_eq!(
+            p.check(&long).map_err(|v| v.unmet),
+            Err(vec![PasswordRule::MaxBytes(MAX_PASSWORD_BYTES)])
+        );
+    }
+
+    #[test]
+    fn management_accounts_never_go_below_the_default() {
+        let weak = policy(PasswordPolicyParams {
+            min_length: 8,
+            require_uppercase: false,
+            require_lowercase: false,
+            require_digit: false,
+            require_symbol: false,
+            max_age_days: Some(90),
+            reuse_prevention: Some(5),
+        });
+        assert!(weak.check("aaaaaaaa").is_ok());
+        assert!(weak.effective(false).check("aaaaaaaa").is_ok());
+        let floor = weak.effective(true);
+        assert!(floor.check("aaaaaaaa").is_err());
+        assert!(floor.check("Aaaaaaa1!").is_ok());
+        assert_eq!(floor.max_age_days(), Some(90));
+        assert_eq!(floor.reuse_prevention(), Some(5));
+        // A stricter own policy is kept.
+        let strict = policy(PasswordPolicyParams {
+            min_length: 20,
+            ..params()
+        });
+        assert_eq!(strict.effective(true), strict);
+    }
+
+    #[test]
+    fn passwords_expire_after_max_age_days() {
+        let changed = DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        let p = policy(PasswordPolicyParams {
+            max_age_days: Some(30),
+            ..params()
+        });
+        assert!(!p.is_expired(changed, changed + Duration::days(30) - Duration::seconds(1)));
+        assert!(p.is_expired(changed, changed + Duration::days(30)));
+        assert!(!PasswordPolicy::default().is_expired(changed, changed + Duration::days(5000)));
+    }
+}
