@@ -134,7 +134,7 @@ mod tests {
         assert_eq!(decoded.len(), 30, "240 random bits");
         let (other_id, other_secret) = generate();
         assert_ne!(id, other_id);
-        assert_ne!(secret, other_secret);
+        assert_ne!(secret.expose(), other_secret.expose());
     }
 
     #[test]

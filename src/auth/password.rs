@@ -306,6 +306,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn hashing_waits_for_a_permit() {
+        let hasher = PasswordHasher::new(1);
+        let held = hasher
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let password = secret("Pass-word-1");
+        let waiting = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            hasher.hash(&password),
+        )
+        .await;
+        assert!(waiting.is_err(), "hash ran without a permit");
+        drop(held);
+        assert!(hasher.hash(&password).await.is_ok());
+    }
+
+    #[tokio::test]
     async fn a_zero_permit_count_still_makes_progress() {
         let hasher = PasswordHasher::new(0);
         assert!(hasher.hash(&secret("Pass-word-1")).await.is_ok());

@@ -6,8 +6,9 @@
 
 use std::fmt;
 
-/// A secret string whose `Debug` and `Display` print `[redacted]`.
-#[derive(Clone, PartialEq, Eq)]
+/// A secret string whose `Debug` and `Display` print `[redacted]`. Deliberately not
+/// `PartialEq`: secrets are compared in constant time by the module that owns them.
+#[derive(Clone)]
 pub struct Secret(String);
 
 const REDACTED: &str = "[redacted]";

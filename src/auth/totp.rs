@@ -27,8 +27,10 @@ pub const SECRET_BYTES: usize = 20;
 /// The shortest secret accepted when loading one (RFC 4226's minimum, 128 bits).
 const MIN_SECRET_BYTES: usize = 16;
 
-/// A TOTP shared secret (raw bytes; Base32 on the wire and in the store).
-#[derive(Clone, PartialEq, Eq)]
+/// A TOTP shared secret (raw bytes; Base32 on the wire and in the store). Equality only in
+/// tests: production code never compares secrets.
+#[derive(Clone)]
+#[cfg_attr(test, derive(PartialEq, Eq))]
 pub struct TotpSecret(Vec<u8>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
