@@ -1,0 +1,228 @@
+//! Per-account password policy (SPEC U2): ranges, the management-account floor, checking a
+//! candidate password against every rule at once, and password expiry.
+//!
+//! Pure: no hashing (see `password`), no storage. The caller stores [`PasswordPolicyParams`]
+//! and rebuilds the policy with [`PasswordPolicy::new`], which is the only way to get one.
+
+use std::fmt;
+use std::ops::RangeInclusive;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::password::MAX_PASSWORD_BYTES;
+
+/// Allowed `min_length` values (U2).
+pub const MIN_LENGTH_RANGE: RangeInclusive<u32> = 8..=128;
+/// Allowed `max_age_days` values (U2).
+pub const MAX_AGE_DAYS_RANGE: RangeInclusive<u16> = 1..=1095;
+/// Allowed `reuse_prevention` values (U2).
+pub const REUSE_PREVENTION_RANGE: RangeInclusive<u8> = 1..=24;
+
+/// The plain settings of a policy, as the API receives them and the store keeps them.
+/// Not validated: turn them into a [`PasswordPolicy`] with [`PasswordPolicy::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordPolicyParams {
+    pub min_length: u32,
+    pub require_uppercase: bool,
+    pub require_lowercase: bool,
+    pub require_digit: bool,
+    pub require_symbol: bool,
+    pub max_age_days: Option<u16>,
+    pub reuse_prevention: Option<u8>,
+}
+
+/// A password policy whose values are within the U2 ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordPolicy(PasswordPolicyParams);
+
+/// One rule a password must meet; `Display` is the phrase a person reads after "needs".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordRule {
+    MinLength(u32),
+    MaxBytes(usize),
+    Uppercase,
+    Lowercase,
+    Digit,
+    Symbol,
+}
+
+/// Every rule a candidate password does not meet, in policy order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the password needs {}", join_rules(.unmet))]
+pub struct PasswordPolicyViolation {
+    pub unmet: Vec<PasswordRule>,
+}
+
+/// Why a set of policy settings was refused; lists every out-of-range field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordPolicyError {
+    #[error("invalid password policy: {}", join_fields(.0))]
+    OutOfRange(Vec<FieldOutOfRange>),
+}
+
+/// One field outside its U2 range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FieldOutOfRange {
+    #[error("`min_length` is {0}, must be 8 to 128")]
+    MinLength(u32),
+    #[error("`max_age_days` is {0}, must be 1 to 1095")]
+    MaxAgeDays(u16),
+    #[error("`reuse_prevention` is {0}, must be 1 to 24")]
+    ReusePrevention(u8),
+}
+
+// === impl PasswordPolicy ===
+
+impl PasswordPolicy {
+    /// Validates every range at once and reports every field that is out of range.
+    pub fn new(params: PasswordPolicyParams) -> Result<Self, PasswordPolicyError> {
+        let mut problems = Vec::new();
+        if !MIN_LENGTH_RANGE.contains(&params.min_length) {
+            problems.push(FieldOutOfRange::MinLength(params.min_length));
+        }
+        if let Some(days) = params.max_age_days
+            && !MAX_AGE_DAYS_RANGE.contains(&days)
+        {
+            problems.push(FieldOutOfRange::MaxAgeDays(days));
+        }
+        if let Some(count) = params.reuse_prevention
+            && !REUSE_PREVENTION_RANGE.contains(&count)
+        {
+            problems.push(FieldOutOfRange::ReusePrevention(count));
+        }
+        if problems.is_empty() {
+            Ok(Self(params))
+        } else {
+            Err(PasswordPolicyError::OutOfRange(problems))
+        }
+    }
+
+    /// The settings, for the store and the API.
+    pub fn params(&self) -> PasswordPolicyParams {
+        self.0
+    }
+
+    pub fn max_age_days(&self) -> Option<u16> {
+        self.0.max_age_days
+    }
+
+    /// How many previous passwords (the current one included) may not be reused.
+    pub fn reuse_prevention(&self) -> Option<u8> {
+        self.0.reuse_prevention
+    }
+
+    /// The policy that actually applies: a management account's users never get less than the
+    /// default (U2), whatever the account set; other accounts get their policy as set.
+    pub fn effective(&self, is_management_account: bool) -> Self {
+        if !is_management_account {
+            return *self;
+        }
+        let floor = Self::default().0;
+        let own = self.0;
+        Self(PasswordPolicyParams {
+            min_length: own.min_length.max(floor.min_length),
+            require_uppercase: own.require_uppercase || floor.require_uppercase,
+            require_lowercase: own.require_lowercase || floor.require_lowercase,
+            require_digit: own.require_digit || floor.require_digit,
+            require_symbol: own.require_symbol || floor.require_symbol,
+            ..own
+        })
+    }
+
+    /// Checks a candidate password against every rule and reports all unmet ones together.
+    /// Length counts characters; upper/lower/digit are ASCII; a symbol is printable ASCII that
+    /// is not a letter, digit or space (U2). The byte cap of the hasher is a rule too, so an
+    /// over-long password is a policy violation rather than a hashing error.
+    pub fn check(&self, password: &str) -> Result<(), PasswordPolicyViolation> {
+        let p = &self.0;
+        let length = u32::try_from(password.chars().count()).unwrap_or(u32::MAX);
+        let mut unmet = Vec::new();
+        if length < p.min_length {
+            unmet.push(PasswordRule::MinLength(p.min_length));
+        }
+        if password.len() > MAX_PASSWORD_BYTES {
+            unmet.push(PasswordRule::MaxBytes(MAX_PASSWORD_BYTES));
+        }
+        let has = |f: fn(&char) -> bool| password.chars().any(|c| f(&c));
+        if p.require_uppercase && !has(char::is_ascii_uppercase) {
+            unmet.push(PasswordRule::Uppercase);
+        }
+        if p.require_lowercase && !has(char::is_ascii_lowercase) {
+            unmet.push(PasswordRule::Lowercase);
+        }
+        if p.require_digit && !has(char::is_ascii_digit) {
+            unmet.push(PasswordRule::Digit);
+        }
+        if p.require_symbol && !has(is_symbol) {
+            unmet.push(PasswordRule::Symbol);
+        }
+        if unmet.is_empty() {
+            Ok(())
+        } else {
+            Err(PasswordPolicyViolation { unmet })
+        }
+    }
+
+    /// Whether a password last changed at `changed_at` has outlived `max_age_days` at `now`.
+    /// An expired password still logs in, but allows only a password change (U2).
+    pub fn is_expired(&self, changed_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        match self.0.max_age_days {
+            Some(days) => now >= changed_at + Duration::days(i64::from(days)),
+            None => false,
+        }
+    }
+}
+
+impl Default for PasswordPolicy {
+    /// U2's default: 8 characters with an upper-case letter, a lower-case letter, a digit and
+    /// a symbol; no expiry, no reuse prevention.
+    fn default() -> Self {
+        Self(PasswordPolicyParams {
+            min_length: 8,
+            require_uppercase: true,
+            require_lowercase: true,
+            require_digit: true,
+            require_symbol: true,
+            max_age_days: None,
+            reuse_prevention: None,
+        })
+    }
+}
+
+fn is_symbol(c: &char) -> bool {
+    c.is_ascii_graphic() && !c.is_ascii_alphanumeric()
+}
+
+// === impl PasswordRule ===
+
+impl fmt::Display for PasswordRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MinLength(n) => write!(f, "at least {n} characters"),
+            Self::MaxBytes(n) => write!(f, "at most {n} bytes"),
+            Self::Uppercase => f.write_str("an upper-case letter"),
+            Self::Lowercase => f.write_str("a lower-case letter"),
+            Self::Digit => f.write_str("a digit"),
+            Self::Symbol => f.write_str("a symbol"),
+        }
+    }
+}
+
+fn join_rules(rules: &[PasswordRule]) -> String {
+    let parts: Vec<String> = rules.iter().map(ToString::to_string).collect();
+    match parts.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => parts.concat(),
+    }
+}
+
+fn join_fields(fields: &[FieldOutOfRange]) -> String {
+    fields
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests;

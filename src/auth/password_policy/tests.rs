@@ -1,0 +1,170 @@
+//! Password policy: ranges, rules, management floor, expiry.
+
+use super::*;
+
+fn params() -> PasswordPolicyParams {
+    PasswordPolicy::default().params()
+}
+
+fn policy(params: PasswordPolicyParams) -> PasswordPolicy {
+    PasswordPolicy::new(params).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn ranges_are_enforced_and_every_bad_field_is_named() {
+    for ok in [8, 128] {
+        assert!(
+            PasswordPolicy::new(PasswordPolicyParams {
+                min_length: ok,
+                ..params()
+            })
+            .is_ok()
+        );
+    }
+    let err = PasswordPolicy::new(PasswordPolicyParams {
+        min_length: 7,
+        max_age_days: Some(1096),
+        reuse_prevention: Some(25),
+        ..params()
+    });
+    let Err(PasswordPolicyError::OutOfRange(fields)) = err else {
+        panic!("expected out of range, got {err:?}");
+    };
+    assert_eq!(
+        fields,
+        vec![
+            FieldOutOfRange::MinLength(7),
+            FieldOutOfRange::MaxAgeDays(1096),
+            FieldOutOfRange::ReusePrevention(25),
+        ]
+    );
+    let message = PasswordPolicyError::OutOfRange(fields).to_string();
+    for name in ["`min_length`", "`max_age_days`", "`reuse_prevention`"] {
+        assert!(message.contains(name), "{message}");
+    }
+    assert!(
+        PasswordPolicy::new(PasswordPolicyParams {
+            min_length: 129,
+            ..params()
+        })
+        .is_err()
+    );
+    assert!(
+        PasswordPolicy::new(PasswordPolicyParams {
+            max_age_days: Some(0),
+            ..params()
+        })
+        .is_err()
+    );
+    assert!(
+        PasswordPolicy::new(PasswordPolicyParams {
+            reuse_prevention: Some(0),
+            ..params()
+        })
+        .is_err()
+    );
+    assert!(
+        PasswordPolicy::new(PasswordPolicyParams {
+            max_age_days: Some(1095),
+            reuse_prevention: Some(24),
+            ..params()
+        })
+        .is_ok()
+    );
+}
+
+#[test]
+fn default_requires_eight_characters_of_every_class() {
+    let p = PasswordPolicy::default();
+    assert!(p.check("Abcdef1!").is_ok());
+    assert_eq!(
+        p.check("abc").map_err(|v| v.unmet),
+        Err(vec![
+            PasswordRule::MinLength(8),
+            PasswordRule::Uppercase,
+            PasswordRule::Digit,
+            PasswordRule::Symbol,
+        ])
+    );
+    // A space is not a symbol; a non-ASCII character is no class at all.
+    assert!(p.check("Abcdef1 ").is_err());
+    assert!(p.check("Abcdef1é").is_err());
+    assert!(p.check("Abcdef1~").is_ok());
+}
+
+#[test]
+fn violation_message_names_each_unmet_rule() {
+    let p = policy(PasswordPolicyParams {
+        min_length: 12,
+        ..params()
+    });
+    let err = p
+        .check("short")
+        .err()
+        .unwrap_or_else(|| panic!("should fail"));
+    assert_eq!(
+        err.to_string(),
+        "the password needs at least 12 characters, an upper-case letter, a digit and a symbol"
+    );
+    let only_length = policy(PasswordPolicyParams {
+        min_length: 12,
+        require_uppercase: false,
+        require_lowercase: false,
+        require_digit: false,
+        require_symbol: false,
+        ..params()
+    });
+    let err = only_length
+        .check("x")
+        .err()
+        .unwrap_or_else(|| panic!("should fail"));
+    assert_eq!(err.to_string(), "the password needs at least 12 characters");
+}
+
+#[test]
+fn overlong_passwords_violate_the_byte_cap() {
+    let p = PasswordPolicy::default();
+    let long = format!("Aa1!{}", "x".repeat(MAX_PASSWORD_BYTES));
+    assert_eq!(
+        p.check(&long).map_err(|v| v.unmet),
+        Err(vec![PasswordRule::MaxBytes(MAX_PASSWORD_BYTES)])
+    );
+}
+
+#[test]
+fn management_accounts_never_go_below_the_default() {
+    let weak = policy(PasswordPolicyParams {
+        min_length: 8,
+        require_uppercase: false,
+        require_lowercase: false,
+        require_digit: false,
+        require_symbol: false,
+        max_age_days: Some(90),
+        reuse_prevention: Some(5),
+    });
+    assert!(weak.check("aaaaaaaa").is_ok());
+    assert!(weak.effective(false).check("aaaaaaaa").is_ok());
+    let floor = weak.effective(true);
+    assert!(floor.check("aaaaaaaa").is_err());
+    assert!(floor.check("Aaaaaaa1!").is_ok());
+    assert_eq!(floor.max_age_days(), Some(90));
+    assert_eq!(floor.reuse_prevention(), Some(5));
+    // A stricter own policy is kept.
+    let strict = policy(PasswordPolicyParams {
+        min_length: 20,
+        ..params()
+    });
+    assert_eq!(strict.effective(true), strict);
+}
+
+#[test]
+fn passwords_expire_after_max_age_days() {
+    let changed = DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+    let p = policy(PasswordPolicyParams {
+        max_age_days: Some(30),
+        ..params()
+    });
+    assert!(!p.is_expired(changed, changed + Duration::days(30) - Duration::seconds(1)));
+    assert!(p.is_expired(changed, changed + Duration::days(30)));
+    assert!(!PasswordPolicy::default().is_expired(changed, changed + Duration::days(5000)));
+}
