@@ -349,11 +349,12 @@ pub fn load_tree_at(
 
     // Parse and re-key every file; validate each file's policies on their own (validation is per
     // policy, so this is the same verdict as validating each tier, done once per file).
+    let validator = schema.as_ref().map(|s| Validator::new(s.clone()));
     let mut parsed: Vec<(Place, Vec<ParsedPolicy>)> = Vec::with_capacity(policy_files.len());
     for file in &policy_files {
         let policies = parse_file(file, &mut diagnostics);
-        if let Some(schema) = &schema {
-            validate_file(file, &policies, schema, &mut diagnostics);
+        if let Some(validator) = &validator {
+            validate_file(file, &policies, validator, &mut diagnostics);
         }
         parsed.push((file.place.clone(), policies));
     }
@@ -565,7 +566,7 @@ fn parse_file(file: &SourceFile, diagnostics: &mut Vec<Diagnostic>) -> Vec<Parse
 fn validate_file(
     file: &SourceFile,
     policies: &[ParsedPolicy],
-    schema: &Schema,
+    validator: &Validator,
     diagnostics: &mut Vec<Diagnostic>,
 ) {
     let mut set = PolicySet::new();
@@ -577,7 +578,6 @@ fn validate_file(
             starts.insert(p.info.id.clone(), start);
         }
     }
-    let validator = Validator::new(schema.clone());
     let result = validator.validate(&set, ValidationMode::Strict);
     for e in result.validation_errors() {
         let fallback = starts.get(e.policy_id().to_string().as_str()).copied();
