@@ -8,5 +8,6 @@
 pub mod auth;
 pub mod authz;
 pub mod billing;
+pub mod chain;
 pub mod clock;
 pub mod ids;
