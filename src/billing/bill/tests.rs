@@ -576,3 +576,40 @@ fn units_and_statuses_round_trip_through_text() {
         assert_eq!(BillStatus::parse(status.as_str()), Some(status));
     }
 }
+
+#[test]
+fn random_pooled_usage_always_adds_up_to_the_pooled_line() {
+    // A small deterministic generator, so the property test needs no extra crate.
+    let mut state: u64 = 7;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        state >> 33
+    };
+    let price = tiered(&[
+        (Some(1000), "0.010"),
+        (Some(5000), "0.0073"),
+        (None, "0.005"),
+    ]);
+    for _ in 0..500 {
+        let usage: Vec<UsageAggregate> = [PAYER, A, B]
+            .iter()
+            .flat_map(|account| {
+                let n = next() % 3;
+                (0..n).map(|_| (account, next() % 4000)).collect::<Vec<_>>()
+            })
+            .map(|(account, q)| put(account, true, q))
+            .collect();
+        let combined: u64 = usage.iter().map(|u| u.quantity).sum();
+        let mut inp = input(usage);
+        inp.prices
+            .insert(RouteKey::new("storage", "storage:PutObject"), price.clone());
+        let bill = bill(&inp);
+        let expected = price
+            .tier_total(combined)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .round_cents();
+        assert_eq!(bill.total, expected, "{combined}");
+    }
+}
