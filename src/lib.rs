@@ -10,6 +10,7 @@ pub mod auth;
 pub mod authz;
 pub mod billing;
 pub mod body;
+pub mod chain;
 pub mod cli;
 pub mod clock;
 pub mod config;
