@@ -21,6 +21,111 @@ const MIGRATIONS: &[&str] = &[
     // 1: bookkeeping
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
      INSERT INTO meta (key, value) VALUES ('created_by', 'tollgate'), ('probe', '0');",
+    // 2: accounts, users and their credentials; organizations, membership history, handshakes.
+    // Times are unix milliseconds. Rows of accounts are never deleted, so ids are never reused.
+    "CREATE TABLE accounts (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        email TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE users (
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        name_key TEXT NOT NULL,
+        name TEXT NOT NULL,
+        is_owner INTEGER NOT NULL DEFAULT 0,
+        password_hash TEXT NOT NULL,
+        password_changed_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        failed_logins INTEGER NOT NULL DEFAULT 0,
+        locked_until INTEGER,
+        mfa_secret TEXT,
+        mfa_enabled INTEGER NOT NULL DEFAULT 0,
+        mfa_last_step INTEGER,
+        tokens_valid_after INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (account_id, name_key)
+     ) STRICT;
+     CREATE TABLE password_history (
+        account_id TEXT NOT NULL,
+        name_key TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        changed_at INTEGER NOT NULL,
+        FOREIGN KEY (account_id, name_key) REFERENCES users(account_id, name_key) ON DELETE CASCADE
+     ) STRICT;
+     CREATE INDEX password_history_user ON password_history(account_id, name_key, changed_at);
+     CREATE TABLE password_policies (
+        account_id TEXT PRIMARY KEY REFERENCES accounts(id),
+        min_length INTEGER NOT NULL,
+        require_uppercase INTEGER NOT NULL,
+        require_lowercase INTEGER NOT NULL,
+        require_digit INTEGER NOT NULL,
+        require_symbol INTEGER NOT NULL,
+        max_age_days INTEGER,
+        reuse_prevention INTEGER,
+        updated_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE access_keys (
+        id TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        name_key TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        FOREIGN KEY (account_id, name_key) REFERENCES users(account_id, name_key) ON DELETE CASCADE
+     ) STRICT;
+     CREATE INDEX access_keys_user ON access_keys(account_id, name_key);
+     CREATE TABLE revoked_tokens (
+        jti TEXT PRIMARY KEY,
+        expires_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE groups (
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        name_key TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (account_id, name_key)
+     ) STRICT;
+     CREATE TABLE group_members (
+        account_id TEXT NOT NULL,
+        group_key TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        added_at INTEGER NOT NULL,
+        PRIMARY KEY (account_id, group_key, user_key),
+        FOREIGN KEY (account_id, group_key) REFERENCES groups(account_id, name_key) ON DELETE CASCADE,
+        FOREIGN KEY (account_id, user_key) REFERENCES users(account_id, name_key) ON DELETE CASCADE
+     ) STRICT;
+     CREATE TABLE organizations (
+        id TEXT PRIMARY KEY,
+        management_account_id TEXT NOT NULL REFERENCES accounts(id),
+        feature_set TEXT NOT NULL CHECK (feature_set IN ('CONSOLIDATED_BILLING', 'ALL_FEATURES')),
+        created_at INTEGER NOT NULL,
+        deleted_at INTEGER
+     ) STRICT;
+     CREATE UNIQUE INDEX organizations_live_management
+        ON organizations(management_account_id) WHERE deleted_at IS NULL;
+     CREATE TABLE memberships (
+        id INTEGER PRIMARY KEY,
+        org_id TEXT NOT NULL REFERENCES organizations(id),
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        joined_method TEXT NOT NULL CHECK (joined_method IN ('CREATED', 'INVITED')),
+        joined_at INTEGER NOT NULL,
+        left_at INTEGER
+     ) STRICT;
+     CREATE UNIQUE INDEX memberships_current ON memberships(account_id) WHERE left_at IS NULL;
+     CREATE INDEX memberships_org ON memberships(org_id, joined_at);
+     CREATE TABLE handshakes (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('INVITE', 'ENABLE_ALL_FEATURES', 'APPROVE_ALL_FEATURES')),
+        state TEXT NOT NULL CHECK (state IN ('REQUESTED', 'OPEN', 'ACCEPTED', 'DECLINED', 'CANCELED', 'EXPIRED')),
+        org_id TEXT NOT NULL REFERENCES organizations(id),
+        from_account_id TEXT NOT NULL REFERENCES accounts(id),
+        to_account_id TEXT REFERENCES accounts(id),
+        parent_id TEXT REFERENCES handshakes(id),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE INDEX handshakes_org ON handshakes(org_id, state);
+     CREATE INDEX handshakes_to ON handshakes(to_account_id, state);",
 ];
 
 /// The embedded SQLite store.
