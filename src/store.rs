@@ -5,6 +5,7 @@
 //! satisfies the same traits for a fleet of instances. Domain modules call the traits; only this
 //! module knows SQL.
 
+pub mod accounts;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -15,6 +16,9 @@ pub enum StoreError {
     /// The database cannot be reached, opened or written (disk full, read-only, locked, down).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A uniqueness rule refused the write (a taken name, a limit reached).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The stored data breaks an invariant this version relies on.
     #[error("store corrupt: {0}")]
     Corrupt(String),
@@ -28,9 +32,9 @@ pub trait Health: Send + Sync {
 }
 
 /// The store as the rest of the gateway sees it.
-pub trait Store: Health {}
+pub trait Store: Health + accounts::AccountStore {}
 
-impl<T: Health> Store for T {}
+impl<T: Health + accounts::AccountStore> Store for T {}
 
 pub type SharedStore = Arc<dyn Store>;
 

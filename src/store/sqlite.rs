@@ -5,6 +5,8 @@
 //! are numbered migrations tracked in `PRAGMA user_version`; a database from a newer tollgate is
 //! refused rather than guessed at.
 
+pub mod accounts;
+
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -215,6 +217,15 @@ impl Health for SqliteStore {
         })
         .await
     }
+}
+
+/// Times are stored as unix milliseconds.
+pub fn to_ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub fn from_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
 /// Opens a connection with the settings every connection must share.

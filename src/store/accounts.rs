@@ -1,0 +1,185 @@
+//! What the store remembers about accounts and their users: identity, credentials, login
+//! attempts, MFA state, access keys, revoked tokens. Records here are plain data; the rules
+//! (policies, lockout, TOTP) live in `auth`.
+
+use chrono::{DateTime, Utc};
+
+use crate::auth::{
+    AccessKeyId, AccessKeySecretHash, LoginAttempts, PasswordHash, PasswordPolicyParams,
+};
+use crate::authz::OrgMembership;
+use crate::ids::{AccountId, GroupName, UserName};
+
+use super::StoreError;
+
+/// A new account and its owner user, created together.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub name: String,
+    pub email: String,
+    pub owner: UserName,
+    pub owner_password: PasswordHash,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccountRecord {
+    pub id: AccountId,
+    pub name: String,
+    pub email: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user's MFA state: enrollment gives a secret, a first good code turns it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MfaState {
+    Off,
+    Pending {
+        secret: String,
+    },
+    On {
+        secret: String,
+        last_step: Option<u64>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub account_id: AccountId,
+    pub name: UserName,
+    pub is_owner: bool,
+    pub password_hash: PasswordHash,
+    pub password_changed_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub attempts: LoginAttempts,
+    pub mfa: MfaState,
+    pub tokens_valid_after: DateTime<Utc>,
+}
+
+/// Everything a request needs to know about its caller, read in one go.
+#[derive(Debug, Clone)]
+pub struct PrincipalRecord {
+    pub user: UserRecord,
+    pub account_name: String,
+    pub groups: Vec<GroupName>,
+    /// The organization the account is in now, as member or as management account.
+    pub organization: Option<OrgMembership>,
+    /// Whether the token's `jti` was logged out.
+    pub token_revoked: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessKeyRecord {
+    pub id: AccessKeyId,
+    pub account_id: AccountId,
+    pub user: UserName,
+    pub secret_hash: AccessKeySecretHash,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Accounts and users, as the auth API and the pipeline use them.
+#[async_trait::async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Creates an account with a fresh, never used id, and its owner user.
+    async fn create_account(
+        &self,
+        new: NewAccount,
+        now: DateTime<Utc>,
+    ) -> Result<AccountId, StoreError>;
+    async fn account(&self, id: &AccountId) -> Result<Option<AccountRecord>, StoreError>;
+    async fn user(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+    ) -> Result<Option<UserRecord>, StoreError>;
+    /// The caller of a request: user, groups, account name, organization, revocation of `jti`.
+    async fn principal(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        jti: &str,
+    ) -> Result<Option<PrincipalRecord>, StoreError>;
+    /// Fails with `Conflict` when the name is taken in this account, whatever its case.
+    async fn create_user(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        password: PasswordHash,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    async fn save_login_attempts(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        attempts: LoginAttempts,
+    ) -> Result<(), StoreError>;
+    /// Sets a new password, keeps the old one in the history (at most `keep` entries), and
+    /// invalidates every token issued before `now`.
+    async fn change_password(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        password: PasswordHash,
+        now: DateTime<Utc>,
+        keep: usize,
+    ) -> Result<(), StoreError>;
+    /// Earlier passwords, newest first (the current one is not included).
+    async fn password_history(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+    ) -> Result<Vec<PasswordHash>, StoreError>;
+    async fn password_policy(
+        &self,
+        account: &AccountId,
+    ) -> Result<Option<PasswordPolicyParams>, StoreError>;
+    async fn put_password_policy(
+        &self,
+        account: &AccountId,
+        policy: PasswordPolicyParams,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Starts (or restarts) enrollment with a new secret; MFA stays off until verified.
+    async fn begin_mfa(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        secret: &str,
+    ) -> Result<(), StoreError>;
+    /// Turns MFA on with the step of the first accepted code.
+    async fn enable_mfa(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        step: u64,
+    ) -> Result<(), StoreError>;
+    /// Records an accepted TOTP step if it is later than the last one; false means a replay
+    /// (another request used this or a later step first).
+    async fn accept_mfa_step(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        step: u64,
+    ) -> Result<bool, StoreError>;
+    /// Fails with `Conflict` when the user already has `max` keys.
+    async fn create_access_key(&self, key: AccessKeyRecord, max: usize) -> Result<(), StoreError>;
+    async fn access_key(&self, id: &AccessKeyId) -> Result<Option<AccessKeyRecord>, StoreError>;
+    async fn access_keys(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+    ) -> Result<Vec<AccessKeyRecord>, StoreError>;
+    /// True when the key existed for this user.
+    async fn delete_access_key(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        id: &AccessKeyId,
+    ) -> Result<bool, StoreError>;
+    /// Remembers a logged-out token until it would have expired anyway.
+    async fn revoke_token(
+        &self,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+}

@@ -1,0 +1,561 @@
+//! `AccountStore` on SQLite. Each method is one transaction on the blocking pool.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+
+use crate::auth::{
+    AccessKeyId, AccessKeySecretHash, LoginAttempts, PasswordHash, PasswordPolicyParams,
+};
+use crate::authz::{FeatureSet, OrgMembership};
+use crate::ids::{AccountId, GroupName, OrgId, UserName};
+use crate::store::StoreError;
+use crate::store::accounts::{
+    AccessKeyRecord, AccountRecord, AccountStore, MfaState, NewAccount, PrincipalRecord, UserRecord,
+};
+
+use super::{SqliteStore, from_ms, to_ms};
+
+const USER_COLUMNS: &str =
+    "account_id, name, is_owner, password_hash, password_changed_at, created_at,
+     failed_logins, locked_until, mfa_secret, mfa_enabled, mfa_last_step, tokens_valid_after";
+
+/// Inserts an account with a fresh id and its owner, inside the caller's transaction (so
+/// creating a member account can join the organization in the same transaction).
+pub fn insert_account(
+    tx: &Transaction<'_>,
+    new: &NewAccount,
+    now: DateTime<Utc>,
+) -> Result<AccountId, StoreError> {
+    // A collision among 9*10^11 ids is rare; try a few before giving up.
+    for _ in 0..16 {
+        let id = AccountId::generate();
+        let inserted = tx.execute(
+            "INSERT INTO accounts (id, name, email, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO NOTHING",
+            params![id.as_str(), new.name, new.email, to_ms(now)],
+        )?;
+        if inserted == 1 {
+            insert_user(tx, &id, &new.owner, &new.owner_password, true, now)?;
+            return Ok(id);
+        }
+    }
+    Err(StoreError::Unavailable(
+        "could not find an unused account id".into(),
+    ))
+}
+
+fn insert_user(
+    tx: &Transaction<'_>,
+    account: &AccountId,
+    user: &UserName,
+    password: &PasswordHash,
+    is_owner: bool,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let inserted = tx.execute(
+        "INSERT INTO users (account_id, name_key, name, is_owner, password_hash, password_changed_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+         ON CONFLICT (account_id, name_key) DO NOTHING",
+        params![account.as_str(), user.key(), user.as_str(), is_owner, password.as_str(), to_ms(now)],
+    )?;
+    if inserted == 0 {
+        return Err(StoreError::Conflict(format!(
+            "user `{user}` already exists in account {account}"
+        )));
+    }
+    Ok(())
+}
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
+    let account: String = row.get(0)?;
+    let name: String = row.get(1)?;
+    let hash: String = row.get(3)?;
+    let secret: Option<String> = row.get(8)?;
+    let enabled: bool = row.get(9)?;
+    let last_step: Option<i64> = row.get(10)?;
+    let mfa = match (secret, enabled) {
+        (Some(secret), true) => MfaState::On {
+            secret,
+            last_step: last_step.map(|s| s as u64),
+        },
+        (Some(secret), false) => MfaState::Pending { secret },
+        (None, _) => MfaState::Off,
+    };
+    let corrupt = |what: &str| {
+        rusqlite::Error::InvalidColumnType(0, what.to_owned(), rusqlite::types::Type::Text)
+    };
+    Ok(UserRecord {
+        account_id: AccountId::parse(&account).map_err(|_| corrupt("account_id"))?,
+        name: UserName::parse(&name).map_err(|_| corrupt("name"))?,
+        is_owner: row.get(2)?,
+        password_hash: PasswordHash::from_phc(hash).map_err(|_| corrupt("password_hash"))?,
+        password_changed_at: from_ms(row.get(4)?),
+        created_at: from_ms(row.get(5)?),
+        attempts: LoginAttempts {
+            consecutive_failures: row.get::<_, i64>(6)? as u32,
+            locked_until: row.get::<_, Option<i64>>(7)?.map(from_ms),
+        },
+        mfa,
+        tokens_valid_after: from_ms(row.get(11)?),
+    })
+}
+
+fn access_key_from_row(row: &Row<'_>) -> rusqlite::Result<AccessKeyRecord> {
+    let corrupt = |what: &str| {
+        rusqlite::Error::InvalidColumnType(0, what.to_owned(), rusqlite::types::Type::Text)
+    };
+    let id: String = row.get(0)?;
+    let account: String = row.get(1)?;
+    let user: String = row.get(2)?;
+    let hash: String = row.get(3)?;
+    Ok(AccessKeyRecord {
+        id: AccessKeyId::parse(&id).map_err(|_| corrupt("id"))?,
+        account_id: AccountId::parse(&account).map_err(|_| corrupt("account_id"))?,
+        user: UserName::parse(&user).map_err(|_| corrupt("user"))?,
+        secret_hash: AccessKeySecretHash::from_hex(&hash).map_err(|_| corrupt("secret_hash"))?,
+        created_at: from_ms(row.get(4)?),
+    })
+}
+
+/// The organization an account is in now: as a current member, or as a live organization's
+/// management account.
+pub fn current_organization(
+    conn: &rusqlite::Connection,
+    account: &AccountId,
+) -> Result<Option<OrgMembership>, StoreError> {
+    let row: Option<(String, String, String)> = conn
+        .query_row(
+            "SELECT o.id, o.feature_set, o.management_account_id FROM organizations o
+             WHERE o.deleted_at IS NULL AND (o.management_account_id = ?1 OR o.id IN
+                (SELECT org_id FROM memberships WHERE account_id = ?1 AND left_at IS NULL))
+             LIMIT 1",
+            params![account.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((id, feature_set, management)) = row else {
+        return Ok(None);
+    };
+    let corrupt = |what: &str| StoreError::Corrupt(format!("organization {id}: bad {what}"));
+    Ok(Some(OrgMembership {
+        id: OrgId::parse(&id).map_err(|_| corrupt("id"))?,
+        feature_set: FeatureSet::parse(&feature_set).ok_or_else(|| corrupt("feature set"))?,
+        management_account: AccountId::parse(&management)
+            .map_err(|_| corrupt("management account"))?,
+    }))
+}
+
+#[async_trait::async_trait]
+impl AccountStore for SqliteStore {
+    async fn create_account(
+        &self,
+        new: NewAccount,
+        now: DateTime<Utc>,
+    ) -> Result<AccountId, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let id = insert_account(&tx, &new, now)?;
+            tx.commit()?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn account(&self, id: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
+        let id = id.clone();
+        self.call(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT name, email, created_at FROM accounts WHERE id = ?1",
+                    params![id.as_str()],
+                    |r| {
+                        Ok(AccountRecord {
+                            id: id.clone(),
+                            name: r.get(0)?,
+                            email: r.get(1)?,
+                            created_at: from_ms(r.get(2)?),
+                        })
+                    },
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn user(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let (account, key) = (account.clone(), user.key());
+        self.call(move |conn| {
+            Ok(conn
+                .query_row(
+                    &format!(
+                        "SELECT {USER_COLUMNS} FROM users WHERE account_id = ?1 AND name_key = ?2"
+                    ),
+                    params![account.as_str(), key],
+                    user_from_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn principal(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        jti: &str,
+    ) -> Result<Option<PrincipalRecord>, StoreError> {
+        let (account, key, jti) = (account.clone(), user.key(), jti.to_owned());
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let found = tx
+                .query_row(
+                    &format!(
+                        "SELECT {USER_COLUMNS}, (SELECT name FROM accounts WHERE id = ?1)
+                         FROM users WHERE account_id = ?1 AND name_key = ?2"
+                    ),
+                    params![account.as_str(), key],
+                    |r| Ok((user_from_row(r)?, r.get::<_, String>(12)?)),
+                )
+                .optional()?;
+            let Some((user, account_name)) = found else {
+                return Ok(None);
+            };
+            let groups = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT g.name FROM group_members m JOIN groups g
+                       ON g.account_id = m.account_id AND g.name_key = m.group_key
+                     WHERE m.account_id = ?1 AND m.user_key = ?2 ORDER BY g.name_key",
+                )?;
+                let names = stmt
+                    .query_map(params![account.as_str(), key], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                names
+                    .iter()
+                    .filter_map(|n| GroupName::parse(n).ok())
+                    .collect()
+            };
+            let organization = current_organization(&tx, &account)?;
+            let token_revoked = tx
+                .query_row(
+                    "SELECT 1 FROM revoked_tokens WHERE jti = ?1",
+                    params![jti],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            Ok(Some(PrincipalRecord {
+                user,
+                account_name,
+                groups,
+                organization,
+                token_revoked,
+            }))
+        })
+        .await
+    }
+
+    async fn create_user(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        password: PasswordHash,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (account, user) = (account.clone(), user.clone());
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            insert_user(&tx, &account, &user, &password, false, now)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn save_login_attempts(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        attempts: LoginAttempts,
+    ) -> Result<(), StoreError> {
+        let (account, key) = (account.clone(), user.key());
+        self.call(move |conn| {
+            conn.execute(
+                "UPDATE users SET failed_logins = ?3, locked_until = ?4 WHERE account_id = ?1 AND name_key = ?2",
+                params![account.as_str(), key, attempts.consecutive_failures, attempts.locked_until.map(to_ms)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn change_password(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        password: PasswordHash,
+        now: DateTime<Utc>,
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        let (account, key) = (account.clone(), user.key());
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO password_history (account_id, name_key, password_hash, changed_at)
+                 SELECT account_id, name_key, password_hash, password_changed_at FROM users
+                 WHERE account_id = ?1 AND name_key = ?2",
+                params![account.as_str(), key],
+            )?;
+            tx.execute(
+                "DELETE FROM password_history WHERE account_id = ?1 AND name_key = ?2 AND rowid NOT IN
+                   (SELECT rowid FROM password_history WHERE account_id = ?1 AND name_key = ?2
+                    ORDER BY changed_at DESC, rowid DESC LIMIT ?3)",
+                params![account.as_str(), key, keep as i64],
+            )?;
+            tx.execute(
+                "UPDATE users SET password_hash = ?3, password_changed_at = ?4, tokens_valid_after = ?4,
+                        failed_logins = 0, locked_until = NULL
+                 WHERE account_id = ?1 AND name_key = ?2",
+                params![account.as_str(), key, password.as_str(), to_ms(now)],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn password_history(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+    ) -> Result<Vec<PasswordHash>, StoreError> {
+        let (account, key) = (account.clone(), user.key());
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT password_hash FROM password_history WHERE account_id = ?1 AND name_key = ?2
+                 ORDER BY changed_at DESC, rowid DESC",
+            )?;
+            let hashes = stmt
+                .query_map(params![account.as_str(), key], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(hashes
+                .into_iter()
+                .filter_map(|h| PasswordHash::from_phc(h).ok())
+                .collect())
+        })
+        .await
+    }
+
+    async fn password_policy(
+        &self,
+        account: &AccountId,
+    ) -> Result<Option<PasswordPolicyParams>, StoreError> {
+        let account = account.clone();
+        self.call(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT min_length, require_uppercase, require_lowercase, require_digit, require_symbol,
+                            max_age_days, reuse_prevention
+                     FROM password_policies WHERE account_id = ?1",
+                    params![account.as_str()],
+                    |r| {
+                        Ok(PasswordPolicyParams {
+                            min_length: r.get(0)?,
+                            require_uppercase: r.get(1)?,
+                            require_lowercase: r.get(2)?,
+                            require_digit: r.get(3)?,
+                            require_symbol: r.get(4)?,
+                            max_age_days: r.get(5)?,
+                            reuse_prevention: r.get(6)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn put_password_policy(
+        &self,
+        account: &AccountId,
+        p: PasswordPolicyParams,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let account = account.clone();
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT INTO password_policies (account_id, min_length, require_uppercase, require_lowercase,
+                    require_digit, require_symbol, max_age_days, reuse_prevention, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (account_id) DO UPDATE SET min_length = ?2, require_uppercase = ?3,
+                    require_lowercase = ?4, require_digit = ?5, require_symbol = ?6, max_age_days = ?7,
+                    reuse_prevention = ?8, updated_at = ?9",
+                params![
+                    account.as_str(),
+                    p.min_length,
+                    p.require_uppercase,
+                    p.require_lowercase,
+                    p.require_digit,
+                    p.require_symbol,
+                    p.max_age_days,
+                    p.reuse_prevention,
+                    to_ms(now)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn begin_mfa(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        secret: &str,
+    ) -> Result<(), StoreError> {
+        let (account, key, secret) = (account.clone(), user.key(), secret.to_owned());
+        self.call(move |conn| {
+            conn.execute(
+                "UPDATE users SET mfa_secret = ?3, mfa_enabled = 0, mfa_last_step = NULL
+                 WHERE account_id = ?1 AND name_key = ?2",
+                params![account.as_str(), key, secret],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn enable_mfa(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        step: u64,
+    ) -> Result<(), StoreError> {
+        let (account, key) = (account.clone(), user.key());
+        self.call(move |conn| {
+            conn.execute(
+                "UPDATE users SET mfa_enabled = 1, mfa_last_step = ?3
+                 WHERE account_id = ?1 AND name_key = ?2 AND mfa_secret IS NOT NULL",
+                params![account.as_str(), key, step as i64],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn accept_mfa_step(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        step: u64,
+    ) -> Result<bool, StoreError> {
+        let (account, key) = (account.clone(), user.key());
+        self.call(move |conn| {
+            // Compare-and-set in one statement: two logins racing with one code cannot both win.
+            let updated = conn.execute(
+                "UPDATE users SET mfa_last_step = ?3
+                 WHERE account_id = ?1 AND name_key = ?2 AND (mfa_last_step IS NULL OR mfa_last_step < ?3)",
+                params![account.as_str(), key, step as i64],
+            )?;
+            Ok(updated == 1)
+        })
+        .await
+    }
+
+    async fn create_access_key(&self, key: AccessKeyRecord, max: usize) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let count: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM access_keys WHERE account_id = ?1 AND name_key = ?2",
+                params![key.account_id.as_str(), key.user.key()],
+                |r| r.get(0),
+            )?;
+            if count as usize >= max {
+                return Err(StoreError::Conflict(format!("user `{}` already has {max} access keys", key.user)));
+            }
+            tx.execute(
+                "INSERT INTO access_keys (id, account_id, name_key, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key.id.as_str(), key.account_id.as_str(), key.user.key(), key.secret_hash.as_str(), to_ms(key.created_at)],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn access_key(&self, id: &AccessKeyId) -> Result<Option<AccessKeyRecord>, StoreError> {
+        let id = id.clone();
+        self.call(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT k.id, k.account_id, u.name, k.secret_hash, k.created_at FROM access_keys k
+                     JOIN users u ON u.account_id = k.account_id AND u.name_key = k.name_key WHERE k.id = ?1",
+                    params![id.as_str()],
+                    access_key_from_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn access_keys(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+    ) -> Result<Vec<AccessKeyRecord>, StoreError> {
+        let (account, key) = (account.clone(), user.key());
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT k.id, k.account_id, u.name, k.secret_hash, k.created_at FROM access_keys k
+                 JOIN users u ON u.account_id = k.account_id AND u.name_key = k.name_key
+                 WHERE k.account_id = ?1 AND k.name_key = ?2 ORDER BY k.created_at",
+            )?;
+            let keys = stmt
+                .query_map(params![account.as_str(), key], access_key_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn delete_access_key(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        id: &AccessKeyId,
+    ) -> Result<bool, StoreError> {
+        let (account, key, id) = (account.clone(), user.key(), id.clone());
+        self.call(move |conn| {
+            let deleted = conn.execute(
+                "DELETE FROM access_keys WHERE id = ?1 AND account_id = ?2 AND name_key = ?3",
+                params![id.as_str(), account.as_str(), key],
+            )?;
+            Ok(deleted == 1)
+        })
+        .await
+    }
+
+    async fn revoke_token(
+        &self,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let jti = jti.to_owned();
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?1, ?2) ON CONFLICT (jti) DO NOTHING",
+                params![jti, to_ms(expires_at)],
+            )?;
+            // Tokens past their expiry are refused anyway; forget them.
+            tx.execute("DELETE FROM revoked_tokens WHERE expires_at < ?1", params![to_ms(now)])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
