@@ -27,6 +27,7 @@ pub use loader::{
 pub use policy_tests::{CaseResult, PolicyTestReport, run_policy_tests, tests_dir};
 pub use request::{
     FeatureSet, OrgMembership, Principal, Request, RequestContext, Resource, TargetAccount,
+    TargetUser,
 };
 pub use store::{
     FailedReload, OrgStatus, OrgStatusKind, PolicyStore, PolicyWatcher, ReloadCounters,

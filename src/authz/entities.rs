@@ -216,6 +216,7 @@ pub(crate) fn build(
         ),
     ]);
     entities.push(Entity::new(user_uid.clone(), user_attrs, user_parents)?);
+    let user_parents_of_target = HashSet::from([account_uid.clone()]);
 
     let resource_uid = match &req.resource {
         Resource::Service { name } => {
@@ -239,6 +240,24 @@ pub(crate) fn build(
                 .map(|o| uid(&names.organization, o.as_str()))
                 .collect();
             entities.push(Entity::new(target_uid.clone(), attrs, parents)?);
+            target_uid
+        }
+        Resource::User(target) if target.user.key() == p.user.key() => user_uid.clone(),
+        Resource::User(target) => {
+            // Another user of the caller's own account; its groups do not matter as a resource.
+            let target_uid = uid(&names.user, &format!("{}/{}", p.account, target.user));
+            let attrs = HashMap::from([
+                (
+                    "account".to_owned(),
+                    RestrictedExpression::new_entity_uid(account_uid.clone()),
+                ),
+                ("name".to_owned(), string(target.user.as_str())),
+                (
+                    "is_owner".to_owned(),
+                    RestrictedExpression::new_bool(target.is_owner),
+                ),
+            ]);
+            entities.push(Entity::new(target_uid.clone(), attrs, user_parents_of_target)?);
             target_uid
         }
     };

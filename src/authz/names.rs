@@ -57,6 +57,7 @@ pub const API_ACTIONS: &[&str] = &[
     "iam:ManageMfa",
     "iam:ManageAccessKeys",
     "iam:UpdatePasswordPolicy",
+    "iam:GetPasswordPolicy",
     "iam:ManageGroups",
     "billing:ViewBill",
     "billing:FinalizeBill",

@@ -54,6 +54,15 @@ pub enum Resource {
     /// An API call: the account whose state is read or changed (the caller's own account for
     /// organization actions).
     Account(TargetAccount),
+    /// An API call on one user of the principal's own account (its password, MFA, keys).
+    User(TargetUser),
+}
+
+/// The user an API call targets; always in the principal's own account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetUser {
+    pub user: UserName,
+    pub is_owner: bool,
 }
 
 /// The account an API call targets.
@@ -120,7 +129,7 @@ impl Resource {
     pub fn service_name(&self) -> &str {
         match self {
             Self::Service { name } => name,
-            Self::Account(_) => "",
+            Self::Account(_) | Self::User(_) => "",
         }
     }
 }

@@ -199,14 +199,43 @@ fn shipped_tree_loads_and_owner_may_act_in_own_account_only() {
 #[test]
 fn every_api_and_service_action_is_in_the_shipped_schema() {
     let snap = ok(load(&shipped_dir()));
+    let user_actions = ["iam:UpdatePassword", "iam:ManageMfa", "iam:ManageAccessKeys"];
     for action in names::API_ACTIONS {
-        let d = snap.decide(&on_account(principal(A, "alice", true), action, A));
+        let mut request = on_account(principal(A, "alice", true), action, A);
+        if user_actions.contains(action) {
+            request.resource = Resource::User(TargetUser {
+                user: UserName::parse("bob").unwrap(),
+                is_owner: false,
+            });
+        }
+        let d = snap.decide(&request);
         assert!(d.is_allow(), "{action}: {d:?}");
     }
     for action in route_actions() {
         let d = snap.decide(&service_call(principal(A, "alice", true), &action));
         assert!(d.is_allow(), "{action}: {d:?}");
     }
+}
+
+#[test]
+fn users_manage_only_their_own_password_and_mfa_by_default() {
+    let snap = ok(load(&shipped_dir()));
+    let on_user = |action: &str, target: &str| {
+        let mut request = on_account(principal(A, "bob", false), action, A);
+        request.resource = Resource::User(TargetUser {
+            user: UserName::parse(target).unwrap(),
+            is_owner: false,
+        });
+        snap.decide(&request)
+    };
+    assert!(on_user("iam:UpdatePassword", "bob").is_allow());
+    assert!(on_user("iam:ManageMfa", "BOB").is_allow(), "names compare by key");
+    assert!(!on_user("iam:UpdatePassword", "carol").is_allow());
+    assert!(!on_user("iam:ManageAccessKeys", "bob").is_allow(), "keys need a grant");
+    let d = snap.decide(&on_account(principal(A, "bob", false), "iam:GetPasswordPolicy", A));
+    assert!(d.is_allow(), "{d:?}");
+    let d = snap.decide(&on_account(principal(A, "bob", false), "iam:GetPasswordPolicy", B));
+    assert!(!d.is_allow(), "{d:?}");
 }
 
 #[test]
