@@ -1,14 +1,17 @@
-//! The one place where components are wired together: `App::build(config)` opens the store,
-//! compiles routes, creates the upstream client and metrics; `App::run` serves until shutdown.
+//! The one place where components are wired together: `App::build(config, clock)` opens the
+//! store, loads the policies and signing keys, compiles routes, creates the upstream client and
+//! metrics; `App::run` serves until shutdown.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::auth::{KeyError, KeyRing, PasswordHasher, TokenIssuer};
+use crate::authz::{LoadFailure, PolicyStore};
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, VersionLabels};
 use crate::server::{self, route::RouteTable};
 use crate::store::StoreError;
 use crate::store::sqlite::SqliteStore;
@@ -22,6 +25,9 @@ pub struct App {
     pub routes: RouteTable,
     pub upstreams: Upstreams,
     pub metrics: Metrics,
+    pub hasher: PasswordHasher,
+    pub tokens: TokenIssuer,
+    pub policies: Arc<PolicyStore>,
 }
 
 /// Why the gateway could not start.
@@ -29,6 +35,10 @@ pub struct App {
 pub enum StartupError {
     #[error("cannot open the store in `{dir}`: {source}")]
     Store { dir: String, source: StoreError },
+    #[error("cannot open the signing keys: {0}")]
+    Keys(#[from] KeyError),
+    #[error("the policies in `{dir}` are invalid:\n{failure}")]
+    Policies { dir: String, failure: LoadFailure },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -45,15 +55,39 @@ impl App {
                 dir: config.store.data_dir.display().to_string(),
                 source,
             })?;
+        let required: Vec<&str> = config.route_actions();
+        let policies = PolicyStore::open(&config.policies.dir, &required, clock.clone()).map_err(
+            |failure| StartupError::Policies {
+                dir: config.policies.dir.display().to_string(),
+                failure,
+            },
+        )?;
+        let keys = KeyRing::open(
+            config.store.data_dir.join("keys"),
+            crate::config::chrono_duration(config.auth.token_ttl),
+            clock.now(),
+        )?;
+        let tokens = TokenIssuer::new(
+            Arc::new(keys),
+            config.auth.issuer.clone(),
+            config.auth.audience.clone(),
+            crate::config::chrono_duration(config.auth.token_ttl),
+        );
+        let hasher = PasswordHasher::new(config.auth.argon2_concurrency);
         let routes = RouteTable::compile(&config);
-        Ok(Arc::new(App {
+        let app = App {
             config,
             clock,
             store,
             routes,
             upstreams: Upstreams::new(),
             metrics: Metrics::new(),
-        }))
+            hasher,
+            tokens,
+            policies: Arc::new(policies),
+        };
+        app.sync_policy_metrics();
+        Ok(Arc::new(app))
     }
 
     /// Binds the configured address.
@@ -70,6 +104,17 @@ impl App {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        let _watcher = if self.config.policies.watch {
+            match self.policies.spawn_watcher() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the policy tree; reload with SIGHUP or the API");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         server::serve(self, listener, shutdown).await;
     }
 
@@ -79,5 +124,38 @@ impl App {
             .trusted_proxies
             .iter()
             .any(|net| net.contains(&ip))
+    }
+
+    /// Brings the policy metrics up to date with the policy store (reloads can happen on the
+    /// watcher's thread, which knows nothing of metrics).
+    pub fn sync_policy_metrics(&self) {
+        let counters = self.policies.counters();
+        let sync = |result: &str, target: u64| {
+            let counter =
+                self.metrics
+                    .policy_reloads
+                    .get_or_create(&crate::metrics::ResultLabels {
+                        result: result.to_owned(),
+                    });
+            let current = counter.get();
+            if target > current {
+                counter.inc_by(target - current);
+            }
+        };
+        let attempts = counters.attempts();
+        let failures = counters.failures();
+        sync("success", attempts.saturating_sub(failures));
+        sync("failure", failures);
+        let snapshot = self.policies.load();
+        self.metrics.policy_active.clear();
+        self.metrics
+            .policy_active
+            .get_or_create(&VersionLabels {
+                version: snapshot.version().to_owned(),
+            })
+            .set(1);
+        self.metrics
+            .policy_loaded_timestamp
+            .set(snapshot.loaded_at().timestamp());
     }
 }

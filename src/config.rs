@@ -725,6 +725,11 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
     d.ok_or_else(|| format!("`{v}` is too long"))
 }
 
+/// A configured duration as chrono's type (the domain modules compute with chrono).
+pub fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
 /// Parses sizes like `512`, `64KiB`, `10MiB`, `1GiB` (also `KB`, `MB`, `GB` as powers of 1000).
 pub fn parse_size(v: &str) -> Result<u64, String> {
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());

@@ -5,6 +5,7 @@
 //! (forward) -> `metering` (durable record) -> response. Only `server`, `upstream`, `api` and
 //! `cli` know HTTP; domain modules (`auth`, `authz`, `org`, `billing`, `metering`, `audit`) do not.
 
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod authz;

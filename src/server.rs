@@ -4,6 +4,8 @@
 //!
 //! Architecture invariant: only `server`, `upstream`, `api` and `cli` know HTTP.
 
+pub mod authn;
+pub mod authorize;
 pub mod path;
 pub mod pipeline;
 pub mod rejection;

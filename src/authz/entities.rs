@@ -257,7 +257,11 @@ pub(crate) fn build(
                     RestrictedExpression::new_bool(target.is_owner),
                 ),
             ]);
-            entities.push(Entity::new(target_uid.clone(), attrs, user_parents_of_target)?);
+            entities.push(Entity::new(
+                target_uid.clone(),
+                attrs,
+                user_parents_of_target,
+            )?);
             target_uid
         }
     };

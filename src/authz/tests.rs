@@ -199,7 +199,11 @@ fn shipped_tree_loads_and_owner_may_act_in_own_account_only() {
 #[test]
 fn every_api_and_service_action_is_in_the_shipped_schema() {
     let snap = ok(load(&shipped_dir()));
-    let user_actions = ["iam:UpdatePassword", "iam:ManageMfa", "iam:ManageAccessKeys"];
+    let user_actions = [
+        "iam:UpdatePassword",
+        "iam:ManageMfa",
+        "iam:ManageAccessKeys",
+    ];
     for action in names::API_ACTIONS {
         let mut request = on_account(principal(A, "alice", true), action, A);
         if user_actions.contains(action) {
@@ -229,12 +233,26 @@ fn users_manage_only_their_own_password_and_mfa_by_default() {
         snap.decide(&request)
     };
     assert!(on_user("iam:UpdatePassword", "bob").is_allow());
-    assert!(on_user("iam:ManageMfa", "BOB").is_allow(), "names compare by key");
+    assert!(
+        on_user("iam:ManageMfa", "BOB").is_allow(),
+        "names compare by key"
+    );
     assert!(!on_user("iam:UpdatePassword", "carol").is_allow());
-    assert!(!on_user("iam:ManageAccessKeys", "bob").is_allow(), "keys need a grant");
-    let d = snap.decide(&on_account(principal(A, "bob", false), "iam:GetPasswordPolicy", A));
+    assert!(
+        !on_user("iam:ManageAccessKeys", "bob").is_allow(),
+        "keys need a grant"
+    );
+    let d = snap.decide(&on_account(
+        principal(A, "bob", false),
+        "iam:GetPasswordPolicy",
+        A,
+    ));
     assert!(d.is_allow(), "{d:?}");
-    let d = snap.decide(&on_account(principal(A, "bob", false), "iam:GetPasswordPolicy", B));
+    let d = snap.decide(&on_account(
+        principal(A, "bob", false),
+        "iam:GetPasswordPolicy",
+        B,
+    ));
     assert!(!d.is_allow(), "{d:?}");
 }
 

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::app::App;
+use crate::app::{App, StartupError};
+use crate::authz::ReloadTrigger;
 use crate::cli::{ConfigArg, exit};
 use crate::clock::SystemClock;
 use crate::config::Config;
@@ -34,6 +35,10 @@ pub fn run(args: ServeArgs) -> u8 {
     runtime.block_on(async move {
         let app = match App::build(config, Arc::new(SystemClock)).await {
             Ok(app) => app,
+            Err(e @ StartupError::Policies { .. }) => {
+                eprintln!("tollgate: {e}");
+                return exit::USAGE;
+            }
             Err(e) => {
                 eprintln!("tollgate: {e}");
                 return exit::SOFTWARE;
@@ -46,19 +51,48 @@ pub fn run(args: ServeArgs) -> u8 {
                 return exit::SOFTWARE;
             }
         };
+        let shutdown = shutdown_signal();
+        spawn_sighup_reload(app.clone());
         let addr = listener
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| app.config.server.listen.to_string());
         say(&format!("tollgate: listening on http://{addr}"));
         say(&format!(
-            "tollgate: data in {}, policies from {}",
+            "tollgate: data in {}, policies from {} (version {})",
             app.config.store.data_dir.display(),
-            app.config.policies.dir.display()
+            app.config.policies.dir.display(),
+            app.policies.load().version()
         ));
-        app.run(listener, shutdown_signal()).await;
+        app.run(listener, shutdown).await;
         exit::OK
     })
+}
+
+/// Reloads the policies on SIGHUP (P7).
+fn spawn_sighup_reload(app: Arc<App>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload policies through the API instead");
+        return;
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let policies = app.policies.clone();
+            let result =
+                tokio::task::spawn_blocking(move || policies.reload(ReloadTrigger::Signal)).await;
+            app.sync_policy_metrics();
+            match result {
+                Ok(Ok(snapshot)) => {
+                    tracing::info!(version = snapshot.version(), "policies reloaded on SIGHUP")
+                }
+                Ok(Err(failure)) => {
+                    tracing::warn!(%failure, "policy reload on SIGHUP rejected; the last good set stays")
+                }
+                Err(e) => tracing::error!(error = %e, "policy reload task failed"),
+            }
+        }
+    });
 }
 
 /// Prints a line for the operator; a closed stdout must not take the gateway down.
@@ -69,23 +103,24 @@ pub fn say(line: &str) {
     let _ = out.flush();
 }
 
-/// Resolves on SIGTERM or ctrl-c.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGTERM or ctrl-c (SIGINT). The handlers are installed when this is called, not
+/// when the future is first polled, so a signal sent right after startup is never missed.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
+            _ => {
+                tracing::warn!("cannot install signal handlers; stop the gateway with SIGKILL");
+                std::future::pending::<()>().await;
+            }
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }

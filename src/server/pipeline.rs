@@ -17,9 +17,12 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::app::App;
+use crate::authz::Resource;
 use crate::body::{self, Body, Capped, Counted};
 use crate::ids::RequestId;
 use crate::metrics::{RequestLabels, ServiceLabels, UpstreamErrorLabels};
+use crate::server::authn::{self, Allow, Caller};
+use crate::server::authorize::{self, Facts};
 use crate::server::path;
 use crate::server::rejection::{self, Rejection};
 use crate::store::Health;
@@ -77,15 +80,16 @@ async fn dispatch(
             );
             Ok(response)
         }
-        _ => Err(Rejection::not_found(
-            "NotFound",
-            format!(
-                "no endpoint {} `{}`; see docs/api.md",
-                request.method(),
-                truncate(path)
-            ),
-        )),
+        _ => crate::api::handle(app, request, peer, request_id).await,
     }
+}
+
+/// What the metrics learn about a service call as it goes.
+#[derive(Default)]
+struct Outcome {
+    /// Service and action, once a route matched (never raw client input).
+    route: Option<(String, String)>,
+    decision: &'static str,
 }
 
 async fn service_call(
@@ -97,8 +101,71 @@ async fn service_call(
     service_path: &str,
 ) -> Result<Response<Body>, Rejection> {
     let started = Instant::now();
+    let mut outcome = Outcome {
+        route: None,
+        decision: "none",
+    };
+    let result = forward(
+        app,
+        request,
+        peer,
+        request_id,
+        service,
+        service_path,
+        &mut outcome,
+    )
+    .await;
+    let status = match &result {
+        Ok(response) => response.status(),
+        Err(rejection) => rejection.status,
+    };
+    let (service, action) = outcome.route.unwrap_or_default();
+    app.metrics
+        .request_duration
+        .get_or_create(&ServiceLabels {
+            service: service.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    app.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            service,
+            action,
+            decision: outcome.decision.to_owned(),
+            status: status.as_u16(),
+        })
+        .inc();
+    result
+}
+
+/// Route, authenticate, authorize, forward (SPEC F1-F4, P1).
+async fn forward(
+    app: &Arc<App>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: &RequestId,
+    service: &str,
+    service_path: &str,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, Rejection> {
     let matched = app.routes.route(service, request.method(), service_path)?;
     let route = &matched.route;
+    outcome.route = Some((matched.service.name.clone(), route.action.clone()));
+    let caller = authn::authenticate(app, request.headers(), peer, Allow::default()).await?;
+    outcome.decision = "deny";
+    authorize::authorize(
+        app,
+        &caller,
+        Facts {
+            action: &route.action,
+            resource: Resource::Service {
+                name: service.to_owned(),
+            },
+            method: request.method().as_str(),
+            path: service_path,
+        },
+    )?;
+    outcome.decision = "allow";
 
     if let (Some(limit), Some(length)) = (route.max_body, content_length(&request)?)
         && length > limit
@@ -129,61 +196,72 @@ async fn service_call(
     if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
         parts.headers.insert(headers::X_REQUEST_ID, value);
     }
+    identity_headers(app, &caller, request_id, service, &mut parts.headers)?;
     let (capped, request_bytes) = Capped::new(incoming, route.max_body);
     let upstream_request = Request::from_parts(parts, capped.boxed_unsync());
 
     let timeout = matched.service.config.timeout;
-    let result = app.upstreams.send(service, upstream_request, timeout).await;
-    let labels = |status: u16| RequestLabels {
-        service: service.to_owned(),
-        action: route.action.clone(),
-        decision: "allow".to_owned(),
-        status,
-    };
-    let response = match result {
+    let response = match app.upstreams.send(service, upstream_request, timeout).await {
         Ok(response) => response,
+        // A cap hit while streaming surfaces as a failed upstream call: it is the client's.
+        Err(_) if request_bytes.exceeded() => {
+            return Err(rejection::payload_too_large(
+                route.max_body.unwrap_or_default(),
+            ));
+        }
         Err(e) => {
             let kind = match e {
                 UpstreamError::Unavailable { .. } => "unavailable",
                 UpstreamError::Timeout { .. } => "timeout",
                 UpstreamError::BodyTooLarge { .. } => "body_too_large",
             };
-            if kind != "body_too_large" && !request_bytes.exceeded() {
-                app.metrics
-                    .upstream_errors
-                    .get_or_create(&UpstreamErrorLabels {
-                        service: service.to_owned(),
-                        kind: kind.to_owned(),
-                    })
-                    .inc();
-            }
-            // A cap hit while streaming surfaces as a failed upstream call: it is the client's.
-            let rejection = match route.max_body {
-                Some(limit) if request_bytes.exceeded() => rejection::payload_too_large(limit),
-                _ => Rejection::from(e),
-            };
             app.metrics
-                .requests
-                .get_or_create(&labels(rejection.status.as_u16()))
+                .upstream_errors
+                .get_or_create(&UpstreamErrorLabels {
+                    service: service.to_owned(),
+                    kind: kind.to_owned(),
+                })
                 .inc();
-            return Err(rejection);
+            return Err(Rejection::from(e));
         }
     };
 
     let (mut parts, incoming) = response.into_parts();
     headers::to_client(&mut parts.headers);
-    app.metrics
-        .requests
-        .get_or_create(&labels(parts.status.as_u16()))
-        .inc();
-    app.metrics
-        .request_duration
-        .get_or_create(&ServiceLabels {
-            service: service.to_owned(),
-        })
-        .observe(started.elapsed().as_secs_f64());
     let counted = Counted::new(incoming, Box::new(|_bytes, _end| {}));
     Ok(Response::from_parts(parts, counted.boxed_unsync()))
+}
+
+/// Tells the upstream who is calling (F2): account and user, and a short-lived identity token it
+/// can verify against the gateway's JWKS.
+fn identity_headers(
+    app: &App,
+    caller: &Caller,
+    request_id: &RequestId,
+    service: &str,
+    headers: &mut http::HeaderMap,
+) -> Result<(), Rejection> {
+    let identity = app.tokens.issue_identity(
+        &caller.claims,
+        request_id,
+        service,
+        crate::config::chrono_duration(app.config.auth.identity_ttl),
+        app.clock.now(),
+    )?;
+    let value = |s: &str| HeaderValue::from_str(s).map_err(|e| Rejection::internal(&e));
+    headers.insert(
+        headers::X_TOLLGATE_ACCOUNT,
+        value(caller.claims.account.as_str())?,
+    );
+    headers.insert(
+        headers::X_TOLLGATE_USER,
+        value(caller.claims.user.as_str())?,
+    );
+    headers.insert(
+        headers::X_TOLLGATE_IDENTITY,
+        value(identity.token.expose())?,
+    );
+    Ok(())
 }
 
 /// The declared body length, if any; a malformed one is the client's error.
@@ -226,8 +304,4 @@ pub fn json(status: StatusCode, body: String) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     response
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(200).collect()
 }

@@ -170,3 +170,42 @@ pub fn payload_too_large(limit: u64) -> Rejection {
         ),
     )
 }
+
+impl From<crate::auth::TokenError> for Rejection {
+    fn from(e: crate::auth::TokenError) -> Self {
+        use crate::auth::TokenError;
+        match e {
+            TokenError::NoActiveKey | TokenError::Signing(_) => Rejection::internal(&e),
+            _ => Rejection::new(
+                StatusCode::UNAUTHORIZED,
+                "InvalidToken",
+                format!("{e}; log in again with POST /auth/login"),
+            ),
+        }
+    }
+}
+
+impl From<crate::auth::PasswordPolicyViolation> for Rejection {
+    fn from(e: crate::auth::PasswordPolicyViolation) -> Self {
+        Rejection::bad_request(
+            "PasswordPolicyViolation",
+            format!("{e}, as the account's password policy requires"),
+        )
+    }
+}
+
+impl From<crate::auth::PasswordPolicyError> for Rejection {
+    fn from(e: crate::auth::PasswordPolicyError) -> Self {
+        Rejection::bad_request("InvalidInput", e.to_string())
+    }
+}
+
+impl From<crate::auth::PasswordError> for Rejection {
+    fn from(e: crate::auth::PasswordError) -> Self {
+        use crate::auth::PasswordError;
+        match e {
+            PasswordError::TooLong => Rejection::bad_request("InvalidInput", format!("{e}")),
+            _ => Rejection::internal(&e),
+        }
+    }
+}

@@ -86,6 +86,11 @@ pub trait AccountStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<AccountId, StoreError>;
     async fn account(&self, id: &AccountId) -> Result<Option<AccountRecord>, StoreError>;
+    /// The organization the account is in now, as a member or as its management account.
+    async fn organization_of(
+        &self,
+        account: &AccountId,
+    ) -> Result<Option<OrgMembership>, StoreError>;
     async fn user(
         &self,
         account: &AccountId,

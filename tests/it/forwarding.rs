@@ -9,18 +9,28 @@ use http_body_util::{BodyExt, Full};
 
 use crate::support::client::raw;
 use crate::support::upstream::closed_port;
-use crate::support::{TestGateway, Upstream};
+use crate::support::{Account, TestGateway, Upstream};
 
-async fn gateway() -> (TestGateway, Upstream) {
+/// A gateway in front of a recording upstream, and a signed-up account whose owner may call
+/// every service.
+async fn gateway() -> (TestGateway, Upstream, Account) {
     let upstream = Upstream::start().await;
     let gw = TestGateway::builder(&upstream.url()).start().await;
-    (gw, upstream)
+    let account = gw.account("acme").await;
+    (gw, upstream, account)
+}
+
+fn auth_header(account: &Account) -> String {
+    format!(
+        "Authorization: Bearer {}\r\n",
+        account.client.token().expect("token")
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f1_forwards_path_and_query_to_the_upstream() {
-    let (gw, upstream) = gateway().await;
-    let r = gw
+    let (_gw, upstream, acme) = gateway().await;
+    let r = acme
         .client
         .get("/svc/storage/objects/photos/cat.jpg?version=3&x=%20y")
         .await;
@@ -32,16 +42,16 @@ async fn f1_forwards_path_and_query_to_the_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f1_a_path_without_a_route_is_404_and_not_forwarded() {
-    let (gw, upstream) = gateway().await;
-    let r = gw.client.get("/svc/storage/buckets/x").await;
+    let (_gw, upstream, acme) = gateway().await;
+    let r = acme.client.get("/svc/storage/buckets/x").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.error_code(), "NoSuchRoute");
-    let r = gw
+    let r = acme
         .client
         .send(Method::POST, "/svc/storage/objects/a", &[], "x")
         .await;
     assert_eq!(r.error_code(), "NoSuchRoute", "method is part of the route");
-    let r = gw.client.get("/svc/nosuch/objects/a").await;
+    let r = acme.client.get("/svc/nosuch/objects/a").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.error_code(), "NoSuchService");
     assert_eq!(upstream.count(), 0, "nothing may be forwarded");
@@ -49,7 +59,7 @@ async fn f1_a_path_without_a_route_is_404_and_not_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f1_normalisation_tricks_are_400_before_routing() {
-    let (gw, upstream) = gateway().await;
+    let (gw, upstream, _acme) = gateway().await;
     let addr = gw.addr.to_string();
     let tricks = [
         "/svc/storage/objects/../../admin",
@@ -84,7 +94,7 @@ async fn f1_normalisation_tricks_are_400_before_routing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f1_absolute_form_targets_are_refused() {
-    let (gw, upstream) = gateway().await;
+    let (gw, upstream, _acme) = gateway().await;
     let request = "GET http://evil.example/svc/storage/objects/a HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n";
     let response = raw(
         &gw.addr.to_string(),
@@ -99,8 +109,8 @@ async fn f1_absolute_form_targets_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f2_hop_by_hop_authorization_and_spoofed_headers_are_removed() {
-    let (gw, upstream) = gateway().await;
-    let r = gw
+    let (_gw, upstream, acme) = gateway().await;
+    let r = acme
         .client
         .send(
             Method::GET,
@@ -111,7 +121,6 @@ async fn f2_hop_by_hop_authorization_and_spoofed_headers_are_removed() {
                 ("forwarded", "for=6.6.6.6"),
                 ("x-tollgate-account", "999999999999"),
                 ("x-tollgate-identity", "forged"),
-                ("authorization", "Bearer not-for-upstreams"),
                 ("connection", "x-private"),
                 ("x-private", "secret"),
                 ("x-request-id", "client-chosen-id.1"),
@@ -132,7 +141,11 @@ async fn f2_hop_by_hop_authorization_and_spoofed_headers_are_removed() {
     assert_eq!(h("x-forwarded-proto").as_deref(), Some("http"));
     assert_ne!(h("x-forwarded-host").as_deref(), Some("evil.example"));
     assert_eq!(h("forwarded"), None);
-    assert_eq!(h("authorization"), None);
+    assert_eq!(
+        h("authorization"),
+        None,
+        "the caller's token never reaches an upstream"
+    );
     assert_eq!(h("x-private"), None);
     assert_ne!(h("x-tollgate-account").as_deref(), Some("999999999999"));
     assert_ne!(h("x-tollgate-identity").as_deref(), Some("forged"));
@@ -149,10 +162,10 @@ async fn f2_hop_by_hop_authorization_and_spoofed_headers_are_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f2_malformed_request_ids_are_replaced() {
-    let (gw, upstream) = gateway().await;
+    let (_gw, upstream, acme) = gateway().await;
     let long = "a".repeat(300);
     for bad in ["has space", "semi;colon", long.as_str()] {
-        let r = gw
+        let r = acme
             .client
             .send(
                 Method::GET,
@@ -181,7 +194,8 @@ async fn f2_trusted_proxies_extend_the_forwarding_chain() {
         .tweak(|c| c.server.trusted_proxies = vec!["127.0.0.0/8".parse().expect("net")])
         .start()
         .await;
-    let r = gw
+    let acme = gw.account("acme").await;
+    let r = acme
         .client
         .send(
             Method::GET,
@@ -211,11 +225,15 @@ async fn f2_trusted_proxies_extend_the_forwarding_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f3_response_bodies_stream_without_waiting_for_the_end() {
-    let (gw, _upstream) = gateway().await;
+    let (gw, _upstream, acme) = gateway().await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let started = Instant::now();
     let request = http::Request::get(format!("{}/svc/storage/objects/trickle/1500", gw.url()))
+        .header(
+            "authorization",
+            format!("Bearer {}", acme.client.token().expect("token")),
+        )
         .body(Full::new(Bytes::new()))
         .expect("request");
     let response = client.request(request).await.expect("response");
@@ -233,16 +251,16 @@ async fn f3_response_bodies_stream_without_waiting_for_the_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f3_large_bodies_pass_through_both_ways() {
-    let (gw, upstream) = gateway().await;
+    let (_gw, upstream, acme) = gateway().await;
     let size = 64 * 1024 * 1024;
-    let r = gw
+    let r = acme
         .client
         .get(&format!("/svc/storage/objects/big/{size}"))
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body.len(), size);
     let upload = vec![b'u'; 9 * 1024 * 1024];
-    let r = gw
+    let r = acme
         .client
         .send(
             Method::PUT,
@@ -257,9 +275,12 @@ async fn f3_large_bodies_pass_through_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f3_a_body_over_the_route_cap_is_413() {
-    let (gw, upstream) = gateway().await;
+    let (gw, upstream, acme) = gateway().await;
     // Declared too large: refused from the head alone, before any body is read or forwarded.
-    let head = "PUT /svc/storage/objects/a HTTP/1.1\r\nHost: x\r\nContent-Length: 10485761\r\n\r\n";
+    let head = format!(
+        "PUT /svc/storage/objects/a HTTP/1.1\r\nHost: x\r\n{}Content-Length: 10485761\r\n\r\n",
+        auth_header(&acme)
+    );
     let response = raw(
         &gw.addr.to_string(),
         head.as_bytes(),
@@ -271,7 +292,11 @@ async fn f3_a_body_over_the_route_cap_is_413() {
     assert_eq!(upstream.count(), 0);
     // Chunked, with no declared length: cut off once the cap is passed.
     let chunk = vec![b'y'; 1024 * 1024];
-    let mut request = b"PUT /svc/storage/objects/b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    let mut request = format!(
+        "PUT /svc/storage/objects/b HTTP/1.1\r\nHost: x\r\n{}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        auth_header(&acme)
+    )
+    .into_bytes();
     for _ in 0..10 {
         request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
         request.extend_from_slice(&chunk);
@@ -290,15 +315,16 @@ async fn f3_a_body_over_the_route_cap_is_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f4_an_unreachable_upstream_is_502() {
     let gw = TestGateway::builder(&closed_port().await).start().await;
-    let r = gw.client.get("/svc/storage/objects/a").await;
+    let acme = gw.account("acme").await;
+    let r = acme.client.get("/svc/storage/objects/a").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert_eq!(r.error_code(), "UpstreamUnavailable");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f4_an_upstream_that_resets_is_502() {
-    let (gw, _upstream) = gateway().await;
-    let r = gw.client.get("/svc/storage/objects/reset").await;
+    let (_gw, _upstream, acme) = gateway().await;
+    let r = acme.client.get("/svc/storage/objects/reset").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
     assert_eq!(r.error_code(), "UpstreamUnavailable");
 }
@@ -310,8 +336,9 @@ async fn f4_a_slow_upstream_is_504_after_the_service_timeout() {
         .service_timeout("storage", Duration::from_millis(300))
         .start()
         .await;
+    let acme = gw.account("acme").await;
     let started = Instant::now();
-    let r = gw.client.get("/svc/storage/objects/slow/3000").await;
+    let r = acme.client.get("/svc/storage/objects/slow/3000").await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(r.error_code(), "UpstreamTimeout");
     assert!(started.elapsed() < Duration::from_millis(2500));
@@ -319,8 +346,8 @@ async fn f4_a_slow_upstream_is_504_after_the_service_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn o1_shutdown_drains_in_flight_calls() {
-    let (mut gw, _upstream) = gateway().await;
-    let client = gw.client.clone();
+    let (mut gw, _upstream, acme) = gateway().await;
+    let client = acme.client.clone();
     let in_flight = tokio::spawn(async move { client.get("/svc/storage/objects/slow/800").await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let drained = gw.begin_shutdown();

@@ -20,8 +20,11 @@ async fn o2_healthz_and_readyz_answer() {
 async fn o2_metrics_count_requests_by_service_action_and_status() {
     let upstream = Upstream::start().await;
     let gw = TestGateway::builder(&upstream.url()).start().await;
-    gw.client.get("/svc/storage/objects/a").await;
-    gw.client.get("/svc/storage/objects/b").await;
+    let acme = gw.account("acme").await;
+    acme.client.get("/svc/storage/objects/a").await;
+    acme.client.get("/svc/storage/objects/b").await;
+    // A call without a token is counted too, with no decision.
+    gw.client.get("/svc/storage/objects/c").await;
     let r = gw.client.get("/metrics").await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(
@@ -39,6 +42,14 @@ async fn o2_metrics_count_requests_by_service_action_and_status() {
         })
         .unwrap_or_else(|| panic!("no request counter in:\n{text}"));
     assert!(line.ends_with(" 2"), "{line}");
+    assert!(line.contains("decision=\"allow\""), "{line}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("tollgate_requests_total{")
+                && l.contains("decision=\"none\"")
+                && l.contains("status=\"401\"")),
+        "unauthenticated calls are counted:\n{text}"
+    );
     for family in [
         "tollgate_request_duration_seconds",
         "tollgate_policy_reloads_total",

@@ -7,7 +7,7 @@ pub mod gateway;
 pub mod upstream;
 
 pub use client::Client;
-pub use gateway::TestGateway;
+pub use gateway::{Account, TestGateway};
 pub use upstream::Upstream;
 
 /// Path of the built `tollgate` binary.

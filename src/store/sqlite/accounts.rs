@@ -182,6 +182,15 @@ impl AccountStore for SqliteStore {
         .await
     }
 
+    async fn organization_of(
+        &self,
+        account: &AccountId,
+    ) -> Result<Option<OrgMembership>, StoreError> {
+        let account = account.clone();
+        self.call(move |conn| current_organization(conn, &account))
+            .await
+    }
+
     async fn user(
         &self,
         account: &AccountId,

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Clone)]
 pub struct Client {
     base: String,
+    token: Option<String>,
     inner: HyperClient<HttpConnector, Full<Bytes>>,
 }
 
@@ -27,8 +28,43 @@ impl Client {
     pub fn new(base: &str) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
+            token: None,
             inner: HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new()),
         }
+    }
+
+    /// The same client, sending `Authorization: Bearer <token>` on every request.
+    pub fn with_token(&self, token: &str) -> Self {
+        Self {
+            token: Some(token.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// POSTs a JSON value.
+    pub async fn post_json(&self, path: &str, value: serde_json::Value) -> TestResponse {
+        self.send(
+            Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            value.to_string(),
+        )
+        .await
+    }
+
+    /// PUTs a JSON value.
+    pub async fn put_json(&self, path: &str, value: serde_json::Value) -> TestResponse {
+        self.send(
+            Method::PUT,
+            path,
+            &[("content-type", "application/json")],
+            value.to_string(),
+        )
+        .await
     }
 
     pub fn base(&self) -> &str {
@@ -49,6 +85,12 @@ impl Client {
         let mut builder = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
+        let overrides_auth = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        if let (Some(token), false) = (&self.token, overrides_auth) {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }

@@ -72,6 +72,61 @@ impl TestGateway {
     }
 }
 
+/// A signed-up account and its owner, logged in.
+#[derive(Clone)]
+pub struct Account {
+    pub id: String,
+    pub owner: String,
+    pub password: String,
+    /// Sends the owner's token.
+    pub client: Client,
+}
+
+/// The password every test owner gets; it meets the default policy.
+pub const OWNER_PASSWORD: &str = "Owner-pass-1!";
+
+impl TestGateway {
+    /// Signs up an account (`POST /accounts`) and logs its owner in.
+    pub async fn account(&self, name: &str) -> Account {
+        self.account_with_owner(name, "owner").await
+    }
+
+    pub async fn account_with_owner(&self, name: &str, owner: &str) -> Account {
+        let r = self
+            .client
+            .post_json(
+                "/accounts",
+                serde_json::json!({"name": name, "email": format!("{name}@example.com"), "owner_user": owner, "owner_password": OWNER_PASSWORD}),
+            )
+            .await;
+        assert_eq!(r.status, http::StatusCode::CREATED, "signup: {}", r.text());
+        let id = r.json()["account_id"]
+            .as_str()
+            .expect("account_id")
+            .to_owned();
+        let token = self.login(&id, owner, OWNER_PASSWORD).await;
+        Account {
+            id,
+            owner: owner.to_owned(),
+            password: OWNER_PASSWORD.to_owned(),
+            client: self.client.with_token(&token),
+        }
+    }
+
+    /// Logs in and returns the token, failing the test otherwise.
+    pub async fn login(&self, account: &str, user: &str, password: &str) -> String {
+        let r = self
+            .client
+            .post_json(
+                "/auth/login",
+                serde_json::json!({"account_id": account, "user": user, "password": password}),
+            )
+            .await;
+        assert_eq!(r.status, http::StatusCode::OK, "login: {}", r.text());
+        r.json()["token"].as_str().expect("token").to_owned()
+    }
+}
+
 impl Builder {
     pub fn tweak(mut self, f: impl FnOnce(&mut Config) + 'static) -> Self {
         self.tweaks.push(Box::new(f));

@@ -1,0 +1,174 @@
+//! The JSON API: account signup, login and tokens, users and credentials, policies. Each area
+//! has its own file with its handlers and the DTOs it reads and writes (the only serde types
+//! besides the raw config). Handlers authenticate and authorize through `server::authn` and
+//! `server::authorize`, call domain modules, and map errors through `server::rejection`.
+
+pub mod accounts;
+pub mod auth;
+pub mod policies;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::app::App;
+use crate::body::{self, Body};
+use crate::ids::RequestId;
+use crate::server::rejection::{self, Rejection};
+
+/// One API request, its body not yet read.
+pub struct ApiRequest {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: http::HeaderMap,
+    pub peer: SocketAddr,
+    pub request_id: RequestId,
+    body: Incoming,
+}
+
+/// Routes an API request to its handler.
+pub async fn handle(
+    app: &Arc<App>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: &RequestId,
+) -> Result<Response<Body>, Rejection> {
+    let (parts, body) = request.into_parts();
+    let req = ApiRequest {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers,
+        peer,
+        request_id: request_id.clone(),
+        body,
+    };
+    let path = req.path.clone();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (req.method.clone(), segments.as_slice()) {
+        (Method::GET, [".well-known", "jwks.json"]) => auth::jwks(app),
+        (Method::POST, ["auth", "login"]) => auth::login(app, req).await,
+        (Method::POST, ["auth", "token"]) => auth::token(app, req).await,
+        (Method::POST, ["auth", "logout"]) => auth::logout(app, req).await,
+        (Method::POST, ["accounts"]) => accounts::signup(app, req).await,
+        (Method::GET, ["accounts", account, "password-policy"]) => {
+            accounts::get_password_policy(app, req, account).await
+        }
+        (Method::PUT, ["accounts", account, "password-policy"]) => {
+            accounts::put_password_policy(app, req, account).await
+        }
+        (Method::POST, ["accounts", account, "users"]) => {
+            accounts::create_user(app, req, account).await
+        }
+        (Method::PUT, ["accounts", account, "users", user, "password"]) => {
+            accounts::change_password(app, req, account, user).await
+        }
+        (Method::POST, ["accounts", account, "users", user, "mfa"]) => {
+            accounts::enroll_mfa(app, req, account, user).await
+        }
+        (Method::POST, ["accounts", account, "users", user, "mfa", "verify"]) => {
+            accounts::verify_mfa(app, req, account, user).await
+        }
+        (Method::POST, ["accounts", account, "users", user, "access-keys"]) => {
+            accounts::create_access_key(app, req, account, user).await
+        }
+        (Method::GET, ["accounts", account, "users", user, "access-keys"]) => {
+            accounts::list_access_keys(app, req, account, user).await
+        }
+        (Method::DELETE, ["accounts", account, "users", user, "access-keys", key]) => {
+            accounts::delete_access_key(app, req, account, user, key).await
+        }
+        (Method::GET, ["policies"]) => policies::describe(app, req).await,
+        (Method::POST, ["policies", "reload"]) => policies::reload(app, req).await,
+        _ => Err(Rejection::not_found(
+            "NotFound",
+            format!(
+                "no endpoint {} `{}`; see docs/api.md",
+                req.method,
+                truncate(&req.path)
+            ),
+        )),
+    }
+}
+
+// === impl ApiRequest ===
+
+impl ApiRequest {
+    /// Reads the body as JSON of type `T`, within the configured size cap.
+    pub async fn json<T: DeserializeOwned>(self, app: &App) -> Result<T, Rejection> {
+        let limit = app.config.server.max_api_body;
+        let bytes = read_capped(self.body, limit).await?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Rejection::bad_request(
+                "InvalidInput",
+                format!("the request body is not the expected JSON: {e}"),
+            )
+        })
+    }
+
+    /// Reads and discards a body that must be empty or JSON we do not need.
+    pub async fn discard_body(self, app: &App) -> Result<(), Rejection> {
+        read_capped(self.body, app.config.server.max_api_body)
+            .await
+            .map(|_| ())
+    }
+
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query.as_deref().and_then(|q| {
+            q.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k == name).then(|| {
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+            })
+        })
+    }
+}
+
+async fn read_capped(body: Incoming, limit: u64) -> Result<Bytes, Rejection> {
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(rejection::payload_too_large(limit))
+        }
+        Err(_) => Err(Rejection::bad_request(
+            "InvalidInput",
+            "the request body could not be read",
+        )),
+    }
+}
+
+/// A JSON response.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Response<Body>, Rejection> {
+    let bytes = serde_json::to_vec(value).map_err(|e| Rejection::internal(&e))?;
+    let mut response = Response::new(body::full(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+pub fn no_content() -> Response<Body> {
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(200).collect()
+}

@@ -1,0 +1,614 @@
+//! Accounts and their users (SPEC A1, U2, U5, U8, U9): signup, password policies, users,
+//! passwords, MFA enrollment and access keys. Everything but signup is decided by Cedar, and
+//! only ever inside the caller's own account: a path naming another account is refused before
+//! any policy is consulted, so no policy can reach into another account.
+
+use std::sync::Arc;
+
+use http::{Response, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::api::auth::rfc3339;
+use crate::api::{self, ApiRequest};
+use crate::app::App;
+use crate::auth::access_key::MAX_ACCESS_KEYS_PER_USER;
+use crate::auth::{
+    AccessKeyId, PasswordPolicy, PasswordPolicyParams, Secret, TotpSecret, access_key, totp,
+};
+use crate::authz::{Resource, TargetUser};
+use crate::body::Body;
+use crate::ids::{AccountId, UserName};
+use crate::server::authn::{self, Allow, Caller};
+use crate::server::authorize::{self, Facts};
+use crate::server::rejection::Rejection;
+use crate::store::StoreError;
+use crate::store::accounts::{AccessKeyRecord, AccountStore, MfaState, NewAccount, UserRecord};
+
+const MAX_ACCOUNT_NAME: usize = 64;
+const MAX_EMAIL: usize = 254;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignupRequest {
+    name: String,
+    email: String,
+    owner_user: String,
+    owner_password: String,
+}
+
+#[derive(Serialize)]
+struct SignupResponse {
+    account_id: String,
+    name: String,
+    owner_user: String,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordPolicyDto {
+    min_length: u32,
+    require_uppercase: bool,
+    require_lowercase: bool,
+    require_digit: bool,
+    require_symbol: bool,
+    #[serde(default)]
+    max_age_days: Option<u16>,
+    #[serde(default)]
+    reuse_prevention: Option<u8>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUserRequest {
+    user: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct UserResponse {
+    account_id: String,
+    user: String,
+    created_at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangePasswordRequest {
+    #[serde(default)]
+    old_password: Option<String>,
+    new_password: String,
+}
+
+#[derive(Serialize)]
+struct MfaEnrollment {
+    secret: String,
+    otpauth_uri: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MfaCode {
+    code: String,
+}
+
+#[derive(Serialize)]
+struct AccessKeyCreated {
+    access_key_id: String,
+    secret: String,
+    created_at: String,
+}
+
+#[derive(Serialize)]
+struct AccessKeyListItem {
+    access_key_id: String,
+    created_at: String,
+}
+
+/// `POST /accounts` (A1): a standalone account and its owner user.
+pub async fn signup(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Rejection> {
+    if !app.config.accounts.open_signup {
+        req.discard_body(app).await?;
+        return Err(Rejection::new(
+            StatusCode::FORBIDDEN,
+            "SignupDisabled",
+            "this gateway does not take new accounts; ask its operator",
+        ));
+    }
+    let body: SignupRequest = req.json(app).await?;
+    let name = body.name.trim().to_owned();
+    if name.is_empty()
+        || name.chars().count() > MAX_ACCOUNT_NAME
+        || name.chars().any(char::is_control)
+    {
+        return Err(invalid_input(format!(
+            "`name` must be 1 to {MAX_ACCOUNT_NAME} printable characters"
+        )));
+    }
+    let email = body.email.trim().to_owned();
+    if email.len() > MAX_EMAIL
+        || !email.contains('@')
+        || email.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(invalid_input(
+            "`email` must be an address like `owner@example.com`",
+        ));
+    }
+    let owner = UserName::parse(&body.owner_user).map_err(|e| invalid_input(e.to_string()))?;
+    let password = Secret::new(body.owner_password);
+    PasswordPolicy::default().check(password.expose())?;
+    let hash = app.hasher.hash(&password).await?;
+    let account_id = app
+        .store
+        .create_account(
+            NewAccount {
+                name: name.clone(),
+                email,
+                owner: owner.clone(),
+                owner_password: hash,
+            },
+            app.clock.now(),
+        )
+        .await?;
+    tracing::info!(account = %account_id, "account created");
+    api::json(
+        StatusCode::CREATED,
+        &SignupResponse {
+            account_id: account_id.to_string(),
+            name,
+            owner_user: owner.to_string(),
+        },
+    )
+}
+
+/// `GET /accounts/{id}/password-policy` (U2).
+pub async fn get_password_policy(
+    app: &Arc<App>,
+    req: ApiRequest,
+    account: &str,
+) -> Result<Response<Body>, Rejection> {
+    let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
+    let account = own_account(&caller, account)?;
+    authorize_on_account(app, &caller, "iam:GetPasswordPolicy", &req)?;
+    let policy = effective_policy(app, &account, caller.is_management_account()).await?;
+    api::json(StatusCode::OK, &PasswordPolicyDto::from(policy.params()))
+}
+
+/// `PUT /accounts/{id}/password-policy` (U2): ranges checked; a management account never goes
+/// below the default floor.
+pub async fn put_password_policy(
+    app: &Arc<App>,
+    req: ApiRequest,
+    account: &str,
+) -> Result<Response<Body>, Rejection> {
+    let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
+    let account = own_account(&caller, account)?;
+    authorize_on_account(app, &caller, "iam:UpdatePasswordPolicy", &req)?;
+    let body: PasswordPolicyDto = req.json(app).await?;
+    let policy = PasswordPolicy::new(body.into())?;
+    app.store
+        .put_password_policy(&account, policy.params(), app.clock.now())
+        .await?;
+    let effective = policy.effective(caller.is_management_account());
+    api::json(StatusCode::OK, &PasswordPolicyDto::from(effective.params()))
+}
+
+/// `POST /accounts/{id}/users` (U9).
+pub async fn create_user(
+    app: &Arc<App>,
+    req: ApiRequest,
+    account: &str,
+) -> Result<Response<Body>, Rejection> {
+    let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
+    let account = own_account(&caller, account)?;
+    authorize_on_account(app, &caller, "iam:CreateUser", &req)?;
+    let body: CreateUserRequest = req.json(app).await?;
+    let user = UserName::parse(&body.user).map_err(|e| invalid_input(e.to_string()))?;
+    let password = Secret::new(body.password);
+    effective_policy(app, &account, caller.is_management_account())
+        .await?
+        .check(password.expose())?;
+    let hash = app.hasher.hash(&password).await?;
+    let now = app.clock.now();
+    match app.store.create_user(&account, &user, hash, now).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict(_)) => {
+            return Err(Rejection::new(
+                StatusCode::CONFLICT,
+                "UserAlreadyExists",
+                format!(
+                    "account {account} already has a user named `{user}` (names ignore case); pick another name"
+                ),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    api::json(
+        StatusCode::CREATED,
+        &UserResponse {
+            account_id: account.to_string(),
+            user: user.to_string(),
+            created_at: rfc3339(now),
+        },
+    )
+}
+
+/// `PUT /accounts/{id}/users/{user}/password` (U2, U9): by an administrator, or by the user
+/// itself with its old password. The new password meets the account's policy (with the
+/// management floor) and is none of the last `reuse_prevention` ones; every earlier token of
+/// the user stops working.
+pub async fn change_password(
+    app: &Arc<App>,
+    req: ApiRequest,
+    account: &str,
+    user: &str,
+) -> Result<Response<Body>, Rejection> {
+    let allow = Allow {
+        enrollment_token: false,
+        expired_password: true,
+    };
+    let caller = authn::authenticate(app, &req.headers, req.peer, allow).await?;
+    let account = own_account(&caller, account)?;
+    let target = target_user(app, &account, user).await?;
+    let is_self = target.name.key() == caller.principal.user.name.key();
+    if caller.password_expired && !is_self {
+        return Err(Rejection::new(
+            StatusCode::FORBIDDEN,
+            "PasswordExpired",
+            "your password expired: change your own password before anything else",
+        ));
+    }
+    authorize_on_user(app, &caller, "iam:UpdatePassword", &target, &req)?;
+    let body: ChangePasswordRequest = req.json(app).await?;
+    let new_password = Secret::new(body.new_password);
+    if is_self {
+        let Some(old) = body.old_password.map(Secret::new) else {
+            return Err(invalid_input(
+                "changing your own password needs `old_password`",
+            ));
+        };
+        if !app.hasher.verify(&old, Some(&target.password_hash)).await {
+            return Err(Rejection::new(
+                StatusCode::FORBIDDEN,
+                "InvalidCredentials",
+                "`old_password` is not the current password",
+            ));
+        }
+    }
+    let policy = effective_policy(app, &account, caller.is_management_account()).await?;
+    policy.check(new_password.expose())?;
+    let keep = usize::from(policy.reuse_prevention().unwrap_or(0));
+    if keep > 0 {
+        let mut recent = vec![target.password_hash.clone()];
+        recent.extend(app.store.password_history(&account, &target.name).await?);
+        recent.truncate(keep);
+        if app.hasher.is_reused(&new_password, &recent).await? {
+            return Err(Rejection::bad_request(
+                "PasswordPolicyViolation",
+                format!(
+                    "the password needs to differ from the last {keep} passwords, as the account's password policy requires"
+                ),
+            ));
+        }
+    }
+    let hash = app.hasher.hash(&new_password).await?;
+    app.store
+        .change_password(&account, &target.name, hash, app.clock.now(), keep.max(1))
+        .await?;
+    Ok(api::no_content())
+}
+
+/// `POST /accounts/{id}/users/{user}/mfa` (U5): a new secret; MFA is on after `.../verify`.
+pub async fn enroll_mfa(
+    app: &Arc<App>,
+    req: ApiRequest,
+    account: &str,
+    user: &str,
+) -> Result<Response<Body>, Rejection> {
+    let caller = authenticate_for_mfa(app, &req).await?;
+    let account = own_account(&caller, account)?;
+    let target = target_user(app, &account, user).await?;
+    check_enrollment_token_scope(&caller, &target)?;
+    authorize_on_user(app, &caller, "iam:ManageMfa", &target, &req)?;
+    req.discard_body(app).await?;
+    if matches!(target.mfa, MfaState::On { .. }) {
+        return Err(Rejection::new(
+            StatusCode::CONFLICT,
+            "MfaAlreadyEnabled",
+            format!("user `{}` already has MFA on", target.name),
+        ));
+    }
+    let secret = TotpSecret::generate();
+    let uri = secret
+        .otpauth_uri(&account, &target.name)
+        .map_err(|e| Rejection::internal(&e))?;
+    let encoded = secret.to_base32();
+    app.store
+        .begin_mfa(&account, &target.name, encoded.expose())
+        .await?;
+    api::json(
+        StatusCode::OK,
+        &MfaEnrollment {
+            secret: encoded.expose().to_owned(),
+            otpauth_uri: uri.expose().to_owned(),
+        },
+    )
+}
+
+/// `POST /accounts/{id}/users/{user}/mfa/verify` (U5): the first good code turns MFA on.
+pub async fn verify_mfa(
+    app: &Arc<App>,
+    req: ApiRequest,
+    account: &str,
+    user: &str,
+) -> Result<Response<Body>, Rejection> {
+    let caller = authenticate_for_mfa(app, &req).await?;
+    let account = own_account(&caller, account)?;
+    let target = target_user(app, &account, user).await?;
+    check_enrollment_token_scope(&caller, &target)?;
+    authorize_on_user(app, &caller, "iam:ManageMfa", &target, &req)?;
+    let body: MfaCode = req.json(app).await?;
+    let MfaState::Pending { secret } = &target.mfa else {
+        return Err(Rejection::new(
+            StatusCode::CONFLICT,
+            "MfaNotPending",
+            "there is no MFA enrollment to verify: start one with POST .../mfa",
+        ));
+    };
+    let secret = TotpSecret::from_base32(secret).map_err(|e| Rejection::internal(&e))?;
+    let step = totp::verify(&secret, &body.code, app.clock.now(), None).map_err(|_| {
+        Rejection::new(
+            StatusCode::UNAUTHORIZED,
+            "InvalidMfaCode",
+            "the code does not match; check the authenticator's time and send the current code",
+        )
+    })?;
+    app.store.enable_mfa(&account, &target.name, step).await?;
+    api::json(
+        StatusCode::OK,
+        &serde_json::json!({ "user": target.name.as_str(), "mfa": true }),
+    )
+}
+
+/// `POST /accounts/{id}/users/{user}/access-keys` (U8): the secret is shown once.
+pub async fn create_access_key(
+    app: &Arc<App>,
+    req: ApiRequest,
+    account: &str,
+    user: &str,
+) -> Result<Response<Body>, Rejection> {
+    let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
+    let account = own_account(&caller, account)?;
+    let target = target_user(app, &account, user).await?;
+    authorize_on_user(app, &caller, "iam:ManageAccessKeys", &target, &req)?;
+    req.discard_body(app).await?;
+    let (id, secret) = access_key::generate();
+    let now = app.clock.now();
+    let record = AccessKeyRecord {
+        id: id.clone(),
+        account_id: account.clone(),
+        user: target.name.clone(),
+        secret_hash: access_key::hash_secret(&secret),
+        created_at: now,
+    };
+    match app
+        .store
+        .create_access_key(record, MAX_ACCESS_KEYS_PER_USER)
+        .await
+    {
+        Ok(()) => {}
+        Err(StoreError::Conflict(_)) => {
+            return Err(Rejection::new(
+                StatusCode::CONFLICT,
+                "AccessKeyLimitExceeded",
+                format!(
+                    "user `{}` already has {MAX_ACCESS_KEYS_PER_USER} access keys; delete one first",
+                    target.name
+                ),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    api::json(
+        StatusCode::CREATED,
+        &AccessKeyCreated {
+            access_key_id: id.to_string(),
+            secret: secret.expose().to_owned(),
+            created_at: rfc3339(now),
+        },
+    )
+}
+
+/// `GET /accounts/{id}/users/{user}/access-keys`: ids and dates, never secrets.
+pub async fn list_access_keys(
+    app: &Arc<App>,
+    req: ApiRequest,
+    account: &str,
+    user: &str,
+) -> Result<Response<Body>, Rejection> {
+    let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
+    let account = own_account(&caller, account)?;
+    let target = target_user(app, &account, user).await?;
+    authorize_on_user(app, &caller, "iam:ManageAccessKeys", &target, &req)?;
+    let keys = app.store.access_keys(&account, &target.name).await?;
+    let items: Vec<AccessKeyListItem> = keys
+        .into_iter()
+        .map(|k| AccessKeyListItem {
+            access_key_id: k.id.to_string(),
+            created_at: rfc3339(k.created_at),
+        })
+        .collect();
+    api::json(StatusCode::OK, &serde_json::json!({ "access_keys": items }))
+}
+
+/// `DELETE /accounts/{id}/users/{user}/access-keys/{key}` (U8): tokens from it stop at once
+/// for new logins; tokens already issued live until they expire.
+pub async fn delete_access_key(
+    app: &Arc<App>,
+    req: ApiRequest,
+    account: &str,
+    user: &str,
+    key: &str,
+) -> Result<Response<Body>, Rejection> {
+    let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
+    let account = own_account(&caller, account)?;
+    let target = target_user(app, &account, user).await?;
+    authorize_on_user(app, &caller, "iam:ManageAccessKeys", &target, &req)?;
+    let missing = || {
+        Rejection::not_found(
+            "NoSuchAccessKey",
+            format!("user `{}` has no access key `{key}`", target.name),
+        )
+    };
+    let id = AccessKeyId::parse(key).map_err(|_| missing())?;
+    if app
+        .store
+        .delete_access_key(&account, &target.name, &id)
+        .await?
+    {
+        Ok(api::no_content())
+    } else {
+        Err(missing())
+    }
+}
+
+/// MFA endpoints also take the enrollment-only token, and users whose password expired.
+async fn authenticate_for_mfa(app: &App, req: &ApiRequest) -> Result<Caller, Rejection> {
+    let allow = Allow {
+        enrollment_token: true,
+        expired_password: false,
+    };
+    authn::authenticate(app, &req.headers, req.peer, allow).await
+}
+
+/// An enrollment-only token enrolls its own user and nobody else.
+fn check_enrollment_token_scope(caller: &Caller, target: &UserRecord) -> Result<(), Rejection> {
+    if caller.claims.scope == crate::auth::Scope::MfaEnroll
+        && target.name.key() != caller.claims.user.key()
+    {
+        return Err(authn::invalid_token(
+            "an enrollment token enrolls only its own user",
+        ));
+    }
+    Ok(())
+}
+
+/// The path's account, which must be the caller's own (U9: nobody manages another account).
+fn own_account(caller: &Caller, account: &str) -> Result<AccountId, Rejection> {
+    let own = &caller.principal.user.account_id;
+    match AccountId::parse(account) {
+        Ok(id) if &id == own => Ok(id),
+        _ => Err(Rejection::new(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            format!("users of account {own} can manage only account {own}"),
+        )),
+    }
+}
+
+async fn target_user(app: &App, account: &AccountId, user: &str) -> Result<UserRecord, Rejection> {
+    let missing = || {
+        Rejection::not_found(
+            "NoSuchUser",
+            format!("account {account} has no user `{user}`"),
+        )
+    };
+    let name = UserName::parse(user).map_err(|_| missing())?;
+    app.store.user(account, &name).await?.ok_or_else(missing)
+}
+
+fn authorize_on_account(
+    app: &App,
+    caller: &Caller,
+    action: &str,
+    req: &ApiRequest,
+) -> Result<(), Rejection> {
+    let resource = Resource::own_account(
+        &crate::authz::Principal {
+            account: caller.principal.user.account_id.clone(),
+            account_name: caller.principal.account_name.clone(),
+            user: caller.principal.user.name.clone(),
+            groups: Vec::new(),
+            is_owner: caller.principal.user.is_owner,
+        },
+        caller.principal.organization.as_ref(),
+    );
+    authorize::authorize(
+        app,
+        caller,
+        Facts {
+            action,
+            resource,
+            method: req.method.as_str(),
+            path: &req.path,
+        },
+    )
+    .map(|_| ())
+}
+
+fn authorize_on_user(
+    app: &App,
+    caller: &Caller,
+    action: &str,
+    target: &UserRecord,
+    req: &ApiRequest,
+) -> Result<(), Rejection> {
+    authorize::authorize(
+        app,
+        caller,
+        Facts {
+            action,
+            resource: Resource::User(TargetUser {
+                user: target.name.clone(),
+                is_owner: target.is_owner,
+            }),
+            method: req.method.as_str(),
+            path: &req.path,
+        },
+    )
+    .map(|_| ())
+}
+
+async fn effective_policy(
+    app: &App,
+    account: &AccountId,
+    is_management: bool,
+) -> Result<PasswordPolicy, Rejection> {
+    let stored = app.store.password_policy(account).await?;
+    let policy = match stored {
+        Some(params) => PasswordPolicy::new(params).map_err(|e| Rejection::internal(&e))?,
+        None => PasswordPolicy::default(),
+    };
+    Ok(policy.effective(is_management))
+}
+
+fn invalid_input(message: impl Into<String>) -> Rejection {
+    Rejection::bad_request("InvalidInput", message)
+}
+
+impl From<PasswordPolicyParams> for PasswordPolicyDto {
+    fn from(p: PasswordPolicyParams) -> Self {
+        Self {
+            min_length: p.min_length,
+            require_uppercase: p.require_uppercase,
+            require_lowercase: p.require_lowercase,
+            require_digit: p.require_digit,
+            require_symbol: p.require_symbol,
+            max_age_days: p.max_age_days,
+            reuse_prevention: p.reuse_prevention,
+        }
+    }
+}
+
+impl From<PasswordPolicyDto> for PasswordPolicyParams {
+    fn from(p: PasswordPolicyDto) -> Self {
+        Self {
+            min_length: p.min_length,
+            require_uppercase: p.require_uppercase,
+            require_lowercase: p.require_lowercase,
+            require_digit: p.require_digit,
+            require_symbol: p.require_symbol,
+            max_age_days: p.max_age_days,
+            reuse_prevention: p.reuse_prevention,
+        }
+    }
+}

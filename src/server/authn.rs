@@ -1,0 +1,167 @@
+//! Who is calling: the bearer token checked (U7), the caller's current state read from the
+//! store in one go (groups, organization, revocation, password age), and the rules that hold
+//! for every authenticated request: logged-out tokens and tokens from before a password change
+//! are refused; an enrollment-only token is good for MFA enrollment alone (U6); a management
+//! account's user without MFA gets nothing else (U6); an expired password allows only a
+//! password change (U2).
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::{HeaderMap, StatusCode, header};
+
+use crate::app::App;
+use crate::auth::{Claims, PasswordPolicy, Scope};
+use crate::server::rejection::Rejection;
+use crate::store::accounts::{AccountStore, MfaState, PrincipalRecord};
+use crate::upstream::headers::X_FORWARDED_FOR;
+
+/// An authenticated caller, valid for one request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub claims: Claims,
+    pub principal: PrincipalRecord,
+    pub source_ip: IpAddr,
+    /// The password is past the account policy's maximum age.
+    pub password_expired: bool,
+}
+
+/// What an endpoint accepts beyond a normal, fully authorized caller.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Allow {
+    /// The 10-minute MFA enrollment token (MFA endpoints only).
+    pub enrollment_token: bool,
+    /// A caller whose password expired (the password change endpoint only).
+    pub expired_password: bool,
+}
+
+// === impl Caller ===
+
+impl Caller {
+    pub fn is_management_account(&self) -> bool {
+        self.principal
+            .organization
+            .as_ref()
+            .is_some_and(|o| o.management_account == self.principal.user.account_id)
+    }
+}
+
+/// Authenticates the request's bearer token.
+pub async fn authenticate(
+    app: &App,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    allow: Allow,
+) -> Result<Caller, Rejection> {
+    let token = bearer(headers)?;
+    let now = app.clock.now();
+    let claims = app.tokens.verify(token, now)?;
+    match claims.scope {
+        Scope::Service => {}
+        Scope::MfaEnroll if allow.enrollment_token => {}
+        Scope::MfaEnroll => {
+            return Err(invalid_token(
+                "this token is good only for enrolling MFA; enroll, then log in again",
+            ));
+        }
+        Scope::Identity => {
+            return Err(invalid_token(
+                "identity tokens are for upstream services, not for calling tollgate",
+            ));
+        }
+    }
+    let principal = app
+        .store
+        .principal(&claims.account, &claims.user, &claims.jti)
+        .await?
+        .ok_or_else(|| invalid_token("the token's user no longer exists"))?;
+    if principal.token_revoked {
+        return Err(invalid_token("the token was logged out; log in again"));
+    }
+    if claims.issued_before(principal.user.tokens_valid_after) {
+        return Err(invalid_token(
+            "the token was issued before the user's last password change; log in again",
+        ));
+    }
+
+    let is_management = principal
+        .organization
+        .as_ref()
+        .is_some_and(|o| o.management_account == principal.user.account_id);
+    let mfa_on = matches!(principal.user.mfa, MfaState::On { .. });
+    if is_management && !mfa_on && !allow.enrollment_token {
+        return Err(Rejection::new(
+            StatusCode::FORBIDDEN,
+            "MfaEnrollmentRequired",
+            "users of a management account must enroll MFA first: POST /accounts/{id}/users/{user}/mfa, then .../mfa/verify",
+        ));
+    }
+
+    let policy = app
+        .store
+        .password_policy(&principal.user.account_id)
+        .await?;
+    let policy = policy
+        .and_then(|p| PasswordPolicy::new(p).ok())
+        .unwrap_or_default()
+        .effective(is_management);
+    let password_expired = policy.is_expired(principal.user.password_changed_at, now);
+    if password_expired && !allow.expired_password {
+        return Err(Rejection::new(
+            StatusCode::FORBIDDEN,
+            "PasswordExpired",
+            "the password is past the account's maximum age; change it with PUT /accounts/{id}/users/{user}/password",
+        ));
+    }
+
+    Ok(Caller {
+        claims,
+        principal,
+        source_ip: client_ip(app, headers, peer),
+        password_expired,
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, Rejection> {
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        Rejection::new(
+            StatusCode::UNAUTHORIZED,
+            "MissingToken",
+            "send `Authorization: Bearer <token>`; get a token from POST /auth/login or POST /auth/token",
+        )
+    })?;
+    let value = value
+        .to_str()
+        .map_err(|_| invalid_token("the Authorization header is not valid text"))?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(invalid_token("expected `Authorization: Bearer <token>`")),
+    }
+}
+
+pub fn invalid_token(message: &str) -> Rejection {
+    Rejection::new(StatusCode::UNAUTHORIZED, "InvalidToken", message)
+}
+
+/// The client address policies see: the peer, or for a trusted proxy the nearest untrusted
+/// address in `X-Forwarded-For`.
+pub fn client_ip(app: &App, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+    if !app.is_trusted_proxy(peer.ip()) {
+        return peer.ip();
+    }
+    let chain: Vec<IpAddr> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|ip| ip.trim().parse().ok())
+        .collect();
+    chain
+        .into_iter()
+        .rev()
+        .find(|ip| !app.is_trusted_proxy(*ip))
+        .unwrap_or(peer.ip())
+}

@@ -1,0 +1,81 @@
+//! May they: one Cedar decision per call, from one policy snapshot read once (P1–P3a), and the
+//! 403 that carries which tier denied. Every decision goes to the decision log.
+
+use http::StatusCode;
+use rust_decimal::Decimal;
+
+use crate::app::App;
+use crate::authz::{Decision, Principal, Request, RequestContext, Resource, Tier};
+use crate::server::authn::Caller;
+use crate::server::rejection::Rejection;
+
+/// The request facts a decision needs besides the caller.
+pub struct Facts<'a> {
+    pub action: &'a str,
+    pub resource: Resource,
+    pub method: &'a str,
+    pub path: &'a str,
+}
+
+/// Decides `facts` for `caller`; a Deny becomes 403 `AccessDenied` with `denied_by`.
+pub fn authorize(app: &App, caller: &Caller, facts: Facts<'_>) -> Result<Decision, Rejection> {
+    let request = request_for(app, caller, facts);
+    let snapshot = app.policies.load();
+    let decision = snapshot.decide(&request);
+    for error in decision.account.errors.iter() {
+        tracing::warn!(action = %request.action, %error, tier = "account", "policy evaluation error");
+    }
+    if let crate::authz::OrgTier::Applied(outcome) = &decision.organization {
+        for error in &outcome.errors {
+            tracing::warn!(action = %request.action, %error, tier = "organization", "policy evaluation error");
+        }
+    }
+    if decision.is_allow() {
+        Ok(decision)
+    } else {
+        Err(denied(caller, &request.action, decision.denied_by))
+    }
+}
+
+/// The authorization request for a caller, as the decision log records it.
+pub fn request_for(app: &App, caller: &Caller, facts: Facts<'_>) -> Request {
+    let user = &caller.principal.user;
+    Request {
+        principal: Principal {
+            account: user.account_id.clone(),
+            account_name: caller.principal.account_name.clone(),
+            user: user.name.clone(),
+            groups: caller.principal.groups.clone(),
+            is_owner: user.is_owner,
+        },
+        organization: caller.principal.organization.clone(),
+        action: facts.action.to_owned(),
+        resource: facts.resource,
+        context: RequestContext {
+            mfa: caller.claims.mfa,
+            source_ip: caller.source_ip,
+            time: app.clock.now().timestamp(),
+            method: facts.method.to_owned(),
+            path: facts.path.to_owned(),
+            month_to_date_spend: Decimal::ZERO,
+        },
+    }
+}
+
+fn denied(caller: &Caller, action: &str, tier: Option<Tier>) -> Rejection {
+    let user = &caller.principal.user;
+    let by = match tier {
+        Some(Tier::Organization) => "the organization's guardrails",
+        _ => "the account's policies",
+    };
+    let mut rejection = Rejection::new(
+        StatusCode::FORBIDDEN,
+        "AccessDenied",
+        format!(
+            "user `{}` of account {} may not perform `{action}`: {by} do not allow it; ask an administrator of the account",
+            user.name, user.account_id
+        ),
+    );
+    rejection.denied_by = Some(tier.unwrap_or(Tier::Account).as_str());
+    rejection
+}
