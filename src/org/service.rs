@@ -636,3 +636,5 @@ fn check_state(h: &Handshake, action: HandshakeAction) -> Result<(), OrgError> {
     }
 }
 
+#[cfg(test)]
+mod tests;
