@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod ids;
 pub mod metrics;
+pub mod org;
 pub mod server;
 pub mod store;
 pub mod upstream;

@@ -6,6 +6,7 @@
 //! refused rather than guessed at.
 
 pub mod accounts;
+pub mod org;
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
