@@ -12,6 +12,7 @@ use crate::authz::{LoadFailure, PolicyStore};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::metrics::{Metrics, VersionLabels};
+use crate::org::OrgService;
 use crate::server::{self, route::RouteTable};
 use crate::store::StoreError;
 use crate::store::sqlite::SqliteStore;
@@ -28,6 +29,7 @@ pub struct App {
     pub hasher: PasswordHasher,
     pub tokens: TokenIssuer,
     pub policies: Arc<PolicyStore>,
+    pub orgs: OrgService,
 }
 
 /// Why the gateway could not start.
@@ -78,13 +80,14 @@ impl App {
         let app = App {
             config,
             clock,
-            store,
+            store: store.clone(),
             routes,
             upstreams: Upstreams::new(),
             metrics: Metrics::new(),
             hasher,
             tokens,
             policies: Arc::new(policies),
+            orgs: OrgService::new(Arc::new(store.clone())),
         };
         app.sync_policy_metrics();
         Ok(Arc::new(app))
@@ -115,7 +118,9 @@ impl App {
         } else {
             None
         };
+        let sweeper = tokio::spawn(sweep_expired_handshakes(self.clone()));
         server::serve(self, listener, shutdown).await;
+        sweeper.abort();
     }
 
     pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
@@ -157,5 +162,19 @@ impl App {
         self.metrics
             .policy_loaded_timestamp
             .set(snapshot.loaded_at().timestamp());
+    }
+}
+
+/// Persists handshake expiry in the background; every read already treats an overdue handshake
+/// as expired, so this only keeps the store tidy and the history exact.
+async fn sweep_expired_handshakes(app: Arc<App>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        match app.orgs.sweep_expired(app.clock.now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "handshakes expired"),
+            Err(e) => tracing::warn!(error = %e, "handshake sweep failed"),
+        }
     }
 }
