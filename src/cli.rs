@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand under `cli/`. `main` parses, then calls `run`.
 
+pub mod policy;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -32,6 +33,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve(serve::ServeArgs),
+    /// Check policy trees offline.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// `--config FILE`, shared by every subcommand that reads state.
@@ -51,5 +55,6 @@ pub struct ConfigArg {
 pub fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Policy(command) => policy::run(command),
     }
 }

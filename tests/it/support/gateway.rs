@@ -32,6 +32,7 @@ pub struct Builder {
     upstream: String,
     tweaks: Vec<Tweak>,
     data_dir: Option<PathBuf>,
+    policies_dir: Option<PathBuf>,
 }
 
 impl TestGateway {
@@ -41,6 +42,7 @@ impl TestGateway {
             upstream: upstream.to_owned(),
             tweaks: Vec::new(),
             data_dir: None,
+            policies_dir: None,
         }
     }
 
@@ -141,6 +143,12 @@ impl Builder {
         })
     }
 
+    /// Serve the policy tree in `dir` (e.g. a `copy_policies()` the test edits).
+    pub fn policies_dir(mut self, dir: PathBuf) -> Self {
+        self.policies_dir = Some(dir);
+        self
+    }
+
     /// Reuse a data dir (to test restarts); the caller keeps it alive.
     pub fn data_dir(mut self, dir: PathBuf) -> Self {
         self.data_dir = Some(dir);
@@ -155,7 +163,7 @@ impl Builder {
         }
         config.server.listen = "127.0.0.1:0".parse().expect("addr");
         config.server.shutdown_grace = Duration::from_secs(10);
-        config.policies.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
+        config.policies.dir = self.policies_dir.unwrap_or_else(shipped_policies);
         let (temp, data_dir) = match self.data_dir {
             Some(dir) => (None, dir),
             None => {
@@ -197,4 +205,45 @@ impl Drop for TestGateway {
             let _ = tx.send(());
         }
     }
+}
+
+/// The repository's `policies/` tree.
+pub fn shipped_policies() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+/// A private copy of the shipped policy tree that a test may edit; returns (guard, dir).
+pub fn copy_policies() -> (tempfile::TempDir, PathBuf) {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read policies") {
+            let entry = entry.expect("entry");
+            let target = to.join(entry.file_name());
+            if entry.file_type().expect("type").is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).expect("copy");
+            }
+        }
+    }
+    let temp = tempfile::tempdir().expect("tempdir");
+    let dir = temp.path().join("policies");
+    copy(&shipped_policies(), &dir);
+    (temp, dir)
+}
+
+/// The current TOTP code of `secret` at `unix` seconds, from the real `oathtool`.
+pub fn oathtool(secret: &str, unix: i64) -> String {
+    let output = std::process::Command::new("oathtool")
+        .args(["--totp", "-b", secret, "-N", &format!("@{unix}")])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("oathtool is needed for MFA tests (apt-get install oathtool): {e}")
+        });
+    assert!(
+        output.status.success(),
+        "oathtool failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
