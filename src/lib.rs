@@ -15,6 +15,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod ids;
+pub mod journal;
 pub mod metrics;
 pub mod server;
 pub mod store;
