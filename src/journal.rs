@@ -63,9 +63,9 @@ pub use entry::{
     ReloadFailure, TransferEntry,
 };
 pub use read::{
-    BillUsage, DecisionFilter, DecisionRecord, FinalMonth, Page, QueryError, TierError,
-    account_names, decision_by_request_id, final_month, month_to_date_spend, open_reader,
-    query_decisions, usage_for_bill,
+    BillUsage, DEFAULT_LIMIT, DecisionFilter, DecisionRecord, FinalMonth, MAX_LIMIT, Page,
+    QueryError, TierError, account_names, decision_by_request_id, final_month, month_to_date_spend,
+    open_reader, query_decisions, usage_for_bill,
 };
 
 /// Handle to the journal; cheap to clone, shared by every request.
