@@ -16,6 +16,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod ids;
+pub mod journal;
 pub mod metrics;
 pub mod org;
 pub mod server;

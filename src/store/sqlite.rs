@@ -129,6 +129,92 @@ const MIGRATIONS: &[&str] = &[
      ) STRICT;
      CREATE INDEX handshakes_org ON handshakes(org_id, state);
      CREATE INDEX handshakes_to ON handshakes(to_account_id, state);",
+    // 3: the durable journal (src/journal): the metering ledger and the decision log, each its
+    // own hash chain (seq = chain position); the running month-to-date spend per account; and
+    // the months whose bills are FINAL (late records are booked on the next open month, M6).
+    // Decimal amounts are exact strings; times are unix milliseconds.
+    "CREATE TABLE ledger (
+        seq INTEGER PRIMARY KEY,
+        record_id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL CHECK (kind IN ('call', 'transfer')),
+        call_record_id TEXT,
+        event_time INTEGER NOT NULL,
+        commit_time INTEGER NOT NULL,
+        request_id TEXT NOT NULL,
+        account_id TEXT NOT NULL,
+        payer_account_id TEXT NOT NULL,
+        org_id TEXT,
+        user_name TEXT NOT NULL,
+        service TEXT NOT NULL,
+        action TEXT NOT NULL,
+        method TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        bytes_in INTEGER NOT NULL,
+        bytes_out INTEGER NOT NULL,
+        quantity INTEGER NOT NULL,
+        per_request TEXT,
+        per_gb_in TEXT,
+        per_gb_out TEXT,
+        tiered INTEGER NOT NULL,
+        amount_requests TEXT NOT NULL,
+        amount_gb_in TEXT NOT NULL,
+        amount_gb_out TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        billing_month TEXT NOT NULL,
+        original_month TEXT,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        CHECK ((kind = 'transfer') = (call_record_id IS NOT NULL))
+     ) STRICT;
+     CREATE INDEX ledger_request ON ledger(request_id);
+     CREATE INDEX ledger_payer_month ON ledger(payer_account_id, billing_month);
+     CREATE INDEX ledger_call ON ledger(call_record_id) WHERE call_record_id IS NOT NULL;
+     CREATE TABLE ledger_spend (
+        account_id TEXT NOT NULL,
+        month TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        records INTEGER NOT NULL,
+        PRIMARY KEY (account_id, month)
+     ) STRICT, WITHOUT ROWID;
+     CREATE TABLE final_months (
+        payer_account_id TEXT NOT NULL,
+        month TEXT NOT NULL,
+        finalized_at INTEGER NOT NULL,
+        content_hash TEXT NOT NULL,
+        through_seq INTEGER NOT NULL,
+        PRIMARY KEY (payer_account_id, month)
+     ) STRICT;
+     CREATE TABLE decisions (
+        seq INTEGER PRIMARY KEY,
+        record_id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL CHECK (kind IN ('service', 'api', 'reload')),
+        time INTEGER NOT NULL,
+        request_id TEXT,
+        account_id TEXT,
+        user_name TEXT,
+        action TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        source_ip TEXT,
+        mfa INTEGER,
+        decision TEXT CHECK (decision IN ('Allow', 'Deny')),
+        denied_by TEXT CHECK (denied_by IN ('account', 'organization')),
+        account_policies TEXT NOT NULL,
+        org_applied INTEGER NOT NULL,
+        org_reason TEXT,
+        org_policies TEXT NOT NULL,
+        errors TEXT NOT NULL,
+        policy_version TEXT NOT NULL,
+        request_json TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        CHECK ((kind = 'reload') = (decision IS NULL))
+     ) STRICT;
+     CREATE INDEX decisions_request ON decisions(request_id);
+     CREATE INDEX decisions_account ON decisions(account_id, seq);
+     CREATE INDEX decisions_account_user ON decisions(account_id, user_name COLLATE NOCASE, seq);
+     CREATE INDEX decisions_account_action ON decisions(account_id, action, seq);
+     CREATE INDEX decisions_account_decision ON decisions(account_id, decision, seq);
+     CREATE INDEX decisions_time ON decisions(time);",
 ];
 
 /// The embedded SQLite store.

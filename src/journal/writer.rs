@@ -1,0 +1,457 @@
+//! The writer thread: the only code that writes the journal tables.
+//!
+//! It owns one connection and the in-memory chain heads and FINAL months. Each turn it takes
+//! what is queued (up to `max_batch`), writes it in one `BEGIN IMMEDIATE` transaction, commits,
+//! and only then advances the heads and acknowledges the waiters. A failed batch rolls back and
+//! leaves the heads as they were, so the next batch continues the chain from the last committed
+//! record. It runs on a dedicated OS thread, never on a reactor thread.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::entry::Pending;
+use super::read::FinalMonth;
+use super::{
+    ChainPosition, FinalizeError, JournalError, JournalHeads, JournalOptions, Receipt, Shared,
+    decisions, ledger,
+};
+use crate::billing::{BillingMonth, Money};
+use crate::chain;
+use crate::clock::SharedClock;
+use crate::ids::AccountId;
+use crate::store::sqlite::{open_connection, to_ms};
+
+/// The schema version that created the journal tables.
+const JOURNAL_SCHEMA_VERSION: i64 = 3;
+
+pub(super) enum Command {
+    Write(Write),
+    MarkFinal(MarkFinal),
+    Shutdown(oneshot::Sender<Result<(), JournalError>>),
+    #[cfg(test)]
+    Hook(Hook),
+}
+
+#[cfg(test)]
+pub(super) type Hook = Box<dyn FnOnce(&Connection) + Send>;
+
+pub(super) struct Write {
+    pub pending: Pending,
+    pub ack: Option<oneshot::Sender<Result<Receipt, JournalError>>>,
+    pub submitted: Instant,
+}
+
+pub(super) struct MarkFinal {
+    pub payer: AccountId,
+    pub month: BillingMonth,
+    pub content_hash: String,
+    pub through_seq: u64,
+    pub ack: oneshot::Sender<Result<FinalMonth, FinalizeError>>,
+}
+
+pub(super) struct WriterState {
+    conn: Connection,
+    clock: SharedClock,
+    options: JournalOptions,
+    ledger: ChainPosition,
+    decisions: ChainPosition,
+    /// `(payer, month)` of every FINAL bill; small, loaded once, changed only by this thread.
+    finals: HashSet<(String, BillingMonth)>,
+}
+
+/// What a committed batch changes.
+struct Committed {
+    ledger: ChainPosition,
+    decisions: ChainPosition,
+    /// Per write, its position in its chain.
+    seqs: Vec<u64>,
+    finalized: Option<Result<FinalMonth, FinalizeError>>,
+    ledger_records: u64,
+    decision_records: u64,
+}
+
+// === impl WriterState ===
+
+impl WriterState {
+    pub fn open(
+        db_path: &Path,
+        clock: SharedClock,
+        options: JournalOptions,
+    ) -> Result<Self, JournalError> {
+        let unavailable = |e: &dyn std::fmt::Display| {
+            JournalError::Unavailable(format!(
+                "cannot open the journal at `{}`: {e}",
+                db_path.display()
+            ))
+        };
+        let conn = open_connection(db_path).map_err(|e| unavailable(&e))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| unavailable(&e))?;
+        if version < JOURNAL_SCHEMA_VERSION {
+            return Err(JournalError::Unavailable(format!(
+                "the database at `{}` has schema version {version}; open the store first so it migrates to {JOURNAL_SCHEMA_VERSION}",
+                db_path.display()
+            )));
+        }
+        let ledger = ledger::head(&conn)?;
+        let decisions = decisions::head(&conn)?;
+        let finals = load_finals(&conn)?;
+        Ok(Self {
+            conn,
+            clock,
+            options,
+            ledger,
+            decisions,
+            finals,
+        })
+    }
+
+    pub fn heads(&self) -> JournalHeads {
+        JournalHeads {
+            ledger: self.ledger,
+            decisions: self.decisions,
+        }
+    }
+
+    /// Writes `batch` (and a trailing `mark_final`) in one transaction and acknowledges.
+    fn commit(&mut self, mut batch: Vec<Write>, final_cmd: Option<MarkFinal>, shared: &Shared) {
+        let commit_time = self.clock.now();
+        let heads = self.heads();
+        let result = write_batch(
+            &mut self.conn,
+            &self.finals,
+            heads,
+            &mut batch,
+            final_cmd.as_ref(),
+            commit_time,
+        );
+        match result {
+            Ok(done) => {
+                self.ledger = done.ledger;
+                self.decisions = done.decisions;
+                if let Some(Ok(f)) = &done.finalized {
+                    self.finals.insert((f.payer.as_str().to_owned(), f.month));
+                }
+                *shared.heads.lock() = self.heads();
+                if !shared.healthy.swap(true, Ordering::AcqRel) {
+                    tracing::info!("journal writes succeed again");
+                }
+                *shared.last_error.lock() = None;
+                shared.batches.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .ledger_records
+                    .fetch_add(done.ledger_records, Ordering::Relaxed);
+                shared
+                    .decision_records
+                    .fetch_add(done.decision_records, Ordering::Relaxed);
+                shared.metrics.ledger_records.inc_by(done.ledger_records);
+                shared
+                    .metrics
+                    .decision_records
+                    .inc_by(done.decision_records);
+                for (w, seq) in batch.into_iter().zip(done.seqs) {
+                    if matches!(w.pending, Pending::Ledger(_)) {
+                        shared
+                            .metrics
+                            .ledger_write_duration
+                            .observe(w.submitted.elapsed().as_secs_f64());
+                    }
+                    if let Some(ack) = w.ack {
+                        let _ = ack.send(Ok(Receipt {
+                            seq,
+                            committed_at: commit_time,
+                        }));
+                    }
+                }
+                if let (Some(cmd), Some(outcome)) = (final_cmd, done.finalized) {
+                    let _ = cmd.ack.send(outcome);
+                }
+            }
+            Err(reason) => {
+                tracing::error!(
+                    records = batch.len(),
+                    error = %reason,
+                    "journal batch could not be committed; its entries are refused"
+                );
+                shared.healthy.store(false, Ordering::Release);
+                *shared.last_error.lock() = Some(reason.clone());
+                shared.failed_batches.fetch_add(1, Ordering::Relaxed);
+                for w in batch {
+                    if let Some(ack) = w.ack {
+                        let _ = ack.send(Err(JournalError::Unavailable(reason.clone())));
+                    }
+                }
+                if let Some(cmd) = final_cmd {
+                    let _ = cmd
+                        .ack
+                        .send(Err(JournalError::Unavailable(reason.clone()).into()));
+                }
+            }
+        }
+    }
+
+    /// While unhealthy and idle: is the store writable again?
+    fn probe(&mut self, shared: &Shared) {
+        let result = self
+            .conn
+            .execute(
+                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'probe'",
+                [],
+            )
+            .map_err(|e| e.to_string());
+        match result {
+            Ok(_) => {
+                tracing::info!("journal store is writable again");
+                shared.healthy.store(true, Ordering::Release);
+                *shared.last_error.lock() = None;
+            }
+            Err(reason) => *shared.last_error.lock() = Some(reason),
+        }
+    }
+}
+
+/// The writer loop: runs until shutdown or until every handle is dropped.
+pub(super) fn run(mut state: WriterState, rx: Receiver<Command>, shared: &Shared) {
+    loop {
+        let first = if shared.healthy.load(Ordering::Acquire) {
+            match rx.recv() {
+                Ok(c) => c,
+                Err(_) => break,
+            }
+        } else {
+            match rx.recv_timeout(state.options.probe_interval) {
+                Ok(c) => c,
+                Err(RecvTimeoutError::Timeout) => {
+                    state.probe(shared);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        };
+        // Collect writes until the queue is empty, the batch is full, or a command that must
+        // come after them (so FIFO order holds for every kind of command).
+        let mut batch = Vec::new();
+        let mut tail = None;
+        match first {
+            Command::Write(w) => batch.push(w),
+            other => tail = Some(other),
+        }
+        while tail.is_none() && batch.len() < state.options.max_batch.max(1) {
+            match rx.try_recv() {
+                Ok(Command::Write(w)) => batch.push(w),
+                Ok(other) => tail = Some(other),
+                Err(_) => break,
+            }
+        }
+        let (final_cmd, after) = match tail {
+            Some(Command::MarkFinal(m)) => (Some(m), None),
+            other => (None, other),
+        };
+        if !batch.is_empty() || final_cmd.is_some() {
+            state.commit(batch, final_cmd, shared);
+        }
+        match after {
+            Some(Command::Shutdown(ack)) => {
+                let result = match shared.last_error.lock().clone() {
+                    None => Ok(()),
+                    Some(reason) => Err(JournalError::Unavailable(reason)),
+                };
+                let _ = ack.send(result);
+                break;
+            }
+            #[cfg(test)]
+            Some(Command::Hook(f)) => f(&state.conn),
+            _ => {}
+        }
+    }
+    // Anything still queued was sent after shutdown began; dropping it fails its waiters.
+    shared.closed.store(true, Ordering::Release);
+}
+
+/// Writes one batch; `Err` carries the reason (the transaction rolled back on drop).
+fn write_batch(
+    conn: &mut Connection,
+    finals: &HashSet<(String, BillingMonth)>,
+    heads: JournalHeads,
+    batch: &mut [Write],
+    final_cmd: Option<&MarkFinal>,
+    commit_time: DateTime<Utc>,
+) -> Result<Committed, String> {
+    let sql = |e: rusqlite::Error| e.to_string();
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql)?;
+    let mut ledger_head = heads.ledger;
+    let mut decisions_head = heads.decisions;
+    let mut seqs = Vec::with_capacity(batch.len());
+    let mut spend: HashMap<(String, String), (Money, i64)> = HashMap::new();
+    let (mut ledger_records, mut decision_records) = (0u64, 0u64);
+    for w in batch.iter_mut() {
+        match &mut w.pending {
+            Pending::Ledger(p) => {
+                let (billing, original) = book(finals, &p.row.payer_account_id, p.event_month);
+                p.row.billing_month = billing.to_string();
+                p.row.original_month = original.map(|m| m.to_string());
+                p.row.commit_time = to_ms(commit_time);
+                let seq = ledger_head.seq + 1;
+                let hash = chain::link(&ledger_head.hash, &p.row.canonical());
+                p.row
+                    .insert(&tx, seq, &ledger_head.hash, &hash)
+                    .map_err(sql)?;
+                ledger_head = ChainPosition { seq, hash };
+                let slot = spend
+                    .entry((p.row.account_id.clone(), p.row.billing_month.clone()))
+                    .or_insert((Money::ZERO, 0));
+                slot.0 = slot.0.checked_add(p.amount).map_err(|e| e.to_string())?;
+                slot.1 += 1;
+                seqs.push(seq);
+                ledger_records += 1;
+            }
+            Pending::Decision(row) => {
+                let seq = decisions_head.seq + 1;
+                let hash = chain::link(&decisions_head.hash, &row.canonical());
+                row.insert(&tx, seq, &decisions_head.hash, &hash)
+                    .map_err(sql)?;
+                decisions_head = ChainPosition { seq, hash };
+                seqs.push(seq);
+                decision_records += 1;
+            }
+        }
+    }
+    for ((account, month), (amount, records)) in spend {
+        add_spend(&tx, &account, &month, amount, records)?;
+    }
+    let finalized = match final_cmd {
+        Some(cmd) => Some(mark_final(&tx, finals, cmd, commit_time).map_err(sql)?),
+        None => None,
+    };
+    tx.commit().map_err(sql)?;
+    Ok(Committed {
+        ledger: ledger_head,
+        decisions: decisions_head,
+        seqs,
+        finalized,
+        ledger_records,
+        decision_records,
+    })
+}
+
+/// The month a record of `event_month` is booked in, and the original month when it moved
+/// (SPEC M6: a FINAL month's late records go to the next open month).
+fn book(
+    finals: &HashSet<(String, BillingMonth)>,
+    payer: &str,
+    event_month: BillingMonth,
+) -> (BillingMonth, Option<BillingMonth>) {
+    let mut month = event_month;
+    while finals.contains(&(payer.to_owned(), month)) {
+        match month.next() {
+            Some(next) => month = next,
+            None => break,
+        }
+    }
+    (month, (month != event_month).then_some(event_month))
+}
+
+fn add_spend(
+    tx: &Transaction<'_>,
+    account: &str,
+    month: &str,
+    amount: Money,
+    records: i64,
+) -> Result<(), String> {
+    let current: Option<String> = tx
+        .prepare_cached("SELECT amount FROM ledger_spend WHERE account_id = ?1 AND month = ?2")
+        .and_then(|mut s| {
+            s.query_row(params![account, month], |r| r.get(0))
+                .optional()
+        })
+        .map_err(|e| e.to_string())?;
+    let base = match current {
+        None => Money::ZERO,
+        Some(s) => super::read::parse_money(&s).map_err(|e| e.to_string())?,
+    };
+    let total = base.checked_add(amount).map_err(|e| e.to_string())?;
+    tx.prepare_cached(
+        "INSERT INTO ledger_spend (account_id, month, amount, records) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (account_id, month)
+         DO UPDATE SET amount = excluded.amount, records = records + excluded.records",
+    )
+    .and_then(|mut s| s.execute(params![account, month, total.to_string(), records]))
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Seals a month inside the batch's transaction. The outer error is a store failure (the
+/// whole batch fails); the inner one a refusal of this request alone.
+fn mark_final(
+    tx: &Transaction<'_>,
+    finals: &HashSet<(String, BillingMonth)>,
+    cmd: &MarkFinal,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Result<FinalMonth, FinalizeError>> {
+    let payer = cmd.payer.as_str();
+    if finals.contains(&(payer.to_owned(), cmd.month)) {
+        return Ok(Err(FinalizeError::AlreadyFinal {
+            payer: cmd.payer.clone(),
+            month: cmd.month,
+        }));
+    }
+    let month = cmd.month.to_string();
+    let latest: Option<i64> = tx.query_row(
+        "SELECT MAX(seq) FROM ledger WHERE payer_account_id = ?1 AND billing_month = ?2",
+        params![payer, month],
+        |r| r.get(0),
+    )?;
+    if let Some(found) = latest.map(|s| s as u64).filter(|&s| s > cmd.through_seq) {
+        return Ok(Err(FinalizeError::LedgerMoved {
+            payer: cmd.payer.clone(),
+            month: cmd.month,
+            through_seq: cmd.through_seq,
+            found_seq: found,
+        }));
+    }
+    tx.execute(
+        "INSERT INTO final_months (payer_account_id, month, finalized_at, content_hash, through_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            payer,
+            month,
+            to_ms(now),
+            cmd.content_hash,
+            cmd.through_seq as i64
+        ],
+    )?;
+    Ok(Ok(FinalMonth {
+        payer: cmd.payer.clone(),
+        month: cmd.month,
+        finalized_at: crate::store::sqlite::from_ms(to_ms(now)),
+        content_hash: cmd.content_hash.clone(),
+        through_seq: cmd.through_seq,
+    }))
+}
+
+fn load_finals(conn: &Connection) -> Result<HashSet<(String, BillingMonth)>, JournalError> {
+    let mut stmt = conn
+        .prepare("SELECT payer_account_id, month FROM final_months")
+        .map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    let mut finals = HashSet::new();
+    for row in rows {
+        let (payer, month) = row.map_err(|e| JournalError::Unavailable(e.to_string()))?;
+        let month = BillingMonth::parse(&month)
+            .map_err(|e| JournalError::Corrupt(format!("final_months: {e}")))?;
+        finals.insert((payer, month));
+    }
+    Ok(finals)
+}
