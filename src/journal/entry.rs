@@ -486,12 +486,15 @@ fn policies_json(policies: &[PolicyRef]) -> Value {
 
 /// The Cedar entity the action applied to, e.g. `Tollgate::Service::"123456789012/storage"`.
 fn resource_uid(req: &Request) -> String {
-    use crate::authz::names::{ACCOUNT_TYPE, SERVICE_TYPE};
+    use crate::authz::names::{ACCOUNT_TYPE, SERVICE_TYPE, USER_TYPE};
     match &req.resource {
         Resource::Service { name } => {
             format!("{SERVICE_TYPE}::\"{}/{name}\"", req.principal.account)
         }
         Resource::Account(target) => format!("{ACCOUNT_TYPE}::\"{}\"", target.id),
+        Resource::User(target) => {
+            format!("{USER_TYPE}::\"{}/{}\"", req.principal.account, target.user)
+        }
     }
 }
 
@@ -512,6 +515,11 @@ fn request_json(req: &Request) -> Value {
             "id": t.id.as_str(),
             "name": t.name,
             "organization": t.organization.as_ref().map(|o| o.as_str()),
+        }),
+        Resource::User(t) => json!({
+            "type": "user",
+            "user": t.user.as_str(),
+            "is_owner": t.is_owner,
         }),
     };
     let c = &req.context;

@@ -22,7 +22,7 @@ use super::entry::{DecisionKind, ORG_APPLIED_REASON};
 use super::{ChainPosition, JournalError, VerifyError, VerifySummary};
 use crate::authz::{
     FeatureSet, OrgMembership, PolicyRef, Principal, Request, RequestContext, Resource,
-    TargetAccount, Tier, Verdict,
+    TargetAccount, TargetUser, Tier, Verdict,
 };
 use crate::billing::{Adjustment, Amounts, BillingMonth, Money, UsageAggregate};
 use crate::chain::{self, Hash};
@@ -694,6 +694,10 @@ fn request_from_json(v: &Value) -> Option<Request> {
                 Value::Null => None,
                 o => Some(OrgId::parse(o.as_str()?).ok()?),
             },
+        }),
+        "user" => Resource::User(TargetUser {
+            user: UserName::parse(&s(r, "user")?).ok()?,
+            is_owner: r.get("is_owner")?.as_bool()?,
         }),
         _ => return None,
     };
