@@ -11,7 +11,8 @@ use crate::auth::{KeyError, KeyRing, PasswordHasher, TokenIssuer};
 use crate::authz::{LoadFailure, PolicyStore};
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::metrics::{Metrics, VersionLabels};
+use crate::journal::{Journal, JournalError, JournalTask};
+use crate::metrics::{Metrics, SharedMetrics, VersionLabels};
 use crate::org::OrgService;
 use crate::server::{self, route::RouteTable};
 use crate::store::StoreError;
@@ -25,11 +26,14 @@ pub struct App {
     pub store: SqliteStore,
     pub routes: RouteTable,
     pub upstreams: Upstreams,
-    pub metrics: Metrics,
+    pub metrics: SharedMetrics,
     pub hasher: PasswordHasher,
     pub tokens: TokenIssuer,
     pub policies: Arc<PolicyStore>,
     pub orgs: OrgService,
+    /// The ledger and the decision log: one durable, hash-chained writer.
+    pub journal: Journal,
+    journal_task: parking_lot::Mutex<Option<JournalTask>>,
 }
 
 /// Why the gateway could not start.
@@ -37,6 +41,10 @@ pub struct App {
 pub enum StartupError {
     #[error("cannot open the store in `{dir}`: {source}")]
     Store { dir: String, source: StoreError },
+    #[error("cannot open the ledger and decision log: {0}")]
+    Journal(#[from] JournalError),
+    #[error("invalid route prices: {0}")]
+    Routes(String),
     #[error("cannot open the signing keys: {0}")]
     Keys(#[from] KeyError),
     #[error("the policies in `{dir}` are invalid:\n{failure}")]
@@ -76,18 +84,22 @@ impl App {
             crate::config::chrono_duration(config.auth.token_ttl),
         );
         let hasher = PasswordHasher::new(config.auth.argon2_concurrency);
-        let routes = RouteTable::compile(&config);
+        let routes = RouteTable::compile(&config).map_err(StartupError::Routes)?;
+        let metrics = Arc::new(Metrics::new());
+        let (journal, journal_task) = Journal::open(store.path(), clock.clone(), metrics.clone())?;
         let app = App {
             config,
             clock,
             store: store.clone(),
             routes,
             upstreams: Upstreams::new(),
-            metrics: Metrics::new(),
+            metrics,
             hasher,
             tokens,
             policies: Arc::new(policies),
             orgs: OrgService::new(Arc::new(store.clone())),
+            journal,
+            journal_task: parking_lot::Mutex::new(Some(journal_task)),
         };
         app.sync_policy_metrics();
         Ok(Arc::new(app))
@@ -119,8 +131,16 @@ impl App {
             None
         };
         let sweeper = tokio::spawn(sweep_expired_handshakes(self.clone()));
-        server::serve(self, listener, shutdown).await;
+        server::serve(self.clone(), listener, shutdown).await;
         sweeper.abort();
+        // Everything queued is committed before the process goes.
+        if let Err(e) = self.journal.shutdown().await {
+            tracing::error!(error = %e, "the journal did not shut down cleanly");
+        }
+        let task = self.journal_task.lock().take();
+        if let Some(task) = task {
+            let _ = tokio::task::spawn_blocking(move || task.join()).await;
+        }
     }
 
     pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {

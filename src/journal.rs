@@ -249,6 +249,20 @@ impl Journal {
             .map_err(|_| JournalError::Unavailable("the journal writer stopped".into()))?
     }
 
+    /// Queues `entry` now and returns the acknowledgement to await later: the entry's place in
+    /// the FIFO is fixed at this call, its durability proven when the returned future resolves.
+    pub fn submit(
+        &self,
+        entry: impl Into<Entry>,
+    ) -> Result<impl std::future::Future<Output = Result<Receipt, JournalError>> + Send + 'static, JournalError> {
+        let (ack, done) = oneshot::channel();
+        self.send(entry.into(), Some(ack))?;
+        Ok(async move {
+            done.await
+                .map_err(|_| JournalError::Unavailable("the journal writer stopped".into()))?
+        })
+    }
+
     /// Queues `entry` without waiting. Its durability is proven by the acknowledgement of any
     /// entry appended after it (FIFO); if its batch fails, that later append fails too.
     pub fn enqueue(&self, entry: impl Into<Entry>) -> Result<(), JournalError> {

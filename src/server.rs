@@ -10,6 +10,7 @@ pub mod path;
 pub mod pipeline;
 pub mod rejection;
 pub mod route;
+pub mod scope;
 
 use std::convert::Infallible;
 use std::future::Future;

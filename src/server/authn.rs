@@ -71,7 +71,7 @@ pub async fn authenticate(
     }
     let principal = app
         .store
-        .principal(&claims.account, &claims.user, &claims.jti)
+        .principal(&claims.account, &claims.user, &claims.jti, now)
         .await?
         .ok_or_else(|| invalid_token("the token's user no longer exists"))?;
     if principal.token_revoked {

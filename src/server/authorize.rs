@@ -2,11 +2,12 @@
 //! 403 that carries which tier denied. Every decision goes to the decision log.
 
 use http::StatusCode;
-use rust_decimal::Decimal;
 
 use crate::app::App;
 use crate::authz::{Decision, Principal, Request, RequestContext, Resource, Tier};
+use crate::journal::{DecisionEntry, DecisionKind, RecordId};
 use crate::server::authn::Caller;
+use crate::server::scope;
 use crate::server::rejection::Rejection;
 
 /// The request facts a decision needs besides the caller.
@@ -18,10 +19,14 @@ pub struct Facts<'a> {
 }
 
 /// Decides `facts` for `caller`; a Deny becomes 403 `AccessDenied` with `denied_by`.
+///
+/// The decision is queued for the decision log (D1); the response waits until it is durable
+/// (see `server::scope`). If the log cannot take it, the call is refused with 503.
 pub fn authorize(app: &App, caller: &Caller, facts: Facts<'_>) -> Result<Decision, Rejection> {
     let request = request_for(app, caller, facts);
     let snapshot = app.policies.load();
     let decision = snapshot.decide(&request);
+    record(app, &request, &decision)?;
     for error in decision.account.errors.iter() {
         tracing::warn!(action = %request.action, %error, tier = "account", "policy evaluation error");
     }
@@ -35,6 +40,25 @@ pub fn authorize(app: &App, caller: &Caller, facts: Facts<'_>) -> Result<Decisio
     } else {
         Err(denied(caller, &request.action, decision.denied_by))
     }
+}
+
+/// Queues the decision record and registers its acknowledgement with the request scope.
+fn record(app: &App, request: &Request, decision: &Decision) -> Result<(), Rejection> {
+    let kind = match request.resource {
+        Resource::Service { .. } => DecisionKind::Service,
+        Resource::Account(_) | Resource::User(_) => DecisionKind::Api,
+    };
+    let entry = DecisionEntry {
+        record_id: RecordId::generate(),
+        kind,
+        time: app.clock.now(),
+        request_id: scope::request_id(),
+        request: request.clone(),
+        decision: decision.clone(),
+    };
+    let ack = app.journal.submit(entry).map_err(Rejection::from)?;
+    scope::must_be_durable(ack);
+    Ok(())
 }
 
 /// The authorization request for a caller, as the decision log records it.
@@ -57,7 +81,7 @@ pub fn request_for(app: &App, caller: &Caller, facts: Facts<'_>) -> Request {
             time: app.clock.now().timestamp(),
             method: facts.method.to_owned(),
             path: facts.path.to_owned(),
-            month_to_date_spend: Decimal::ZERO,
+            month_to_date_spend: caller.principal.month_to_date_spend,
         },
     }
 }

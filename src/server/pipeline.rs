@@ -18,7 +18,10 @@ use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::authz::Resource;
-use crate::body::{self, Body, Capped, Counted};
+use crate::body::{self, Body, BodyEnd, Capped, Counted};
+use crate::journal::{Charge, Journal, LedgerEntry, MeteredCall, RecordId, TransferEntry};
+use crate::server::route::{Matched, Route};
+use crate::server::scope;
 use crate::ids::RequestId;
 use crate::metrics::{RequestLabels, ServiceLabels, UpstreamErrorLabels};
 use crate::server::authn::{self, Allow, Caller};
@@ -36,7 +39,14 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| RequestId::parse(v).ok())
         .unwrap_or_else(RequestId::generate);
-    let mut response = match dispatch(&app, request, peer, &request_id).await {
+    // Every journal entry of the request (its decisions, its ledger record) is durable before
+    // the response head leaves; if one is not, the response is replaced by a 503.
+    let (result, durable) = scope::run(request_id.clone(), dispatch(&app, request, peer, &request_id)).await;
+    let result = match durable {
+        Ok(()) => result,
+        Err(e) => Err(Rejection::from(e)),
+    };
+    let mut response = match result {
         Ok(response) => response,
         Err(rejection) => rejection.into_response(&request_id),
     };
@@ -150,6 +160,7 @@ async fn forward(
 ) -> Result<Response<Body>, Rejection> {
     let matched = app.routes.route(service, request.method(), service_path)?;
     let route = &matched.route;
+    let method = request.method().to_string();
     outcome.route = Some((matched.service.name.clone(), route.action.clone()));
     let caller = authn::authenticate(app, request.headers(), peer, Allow::default()).await?;
     outcome.decision = "deny";
@@ -228,8 +239,100 @@ async fn forward(
 
     let (mut parts, incoming) = response.into_parts();
     headers::to_client(&mut parts.headers);
-    let counted = Counted::new(incoming, Box::new(|_bytes, _end| {}));
+    let meter = Meter::new(app, &caller, request_id, &matched, method, parts.status.as_u16());
+    let record_id = meter.record_call(app, request_bytes.bytes()).await?;
+    let journal = app.journal.clone();
+    let on_end = Box::new(move |bytes_out: u64, end: BodyEnd| meter.record_transfer(&journal, &record_id, bytes_out, end));
+    let counted = Counted::new(incoming, on_end);
     Ok(Response::from_parts(parts, counted.boxed_unsync()))
+}
+
+/// What the ledger needs to know about one forwarded call (SPEC M1).
+struct Meter {
+    call: MeteredCall,
+    price: Arc<Route>,
+    started: chrono::DateTime<chrono::Utc>,
+    clock: crate::clock::SharedClock,
+}
+
+impl Meter {
+    fn new(
+        app: &App,
+        caller: &Caller,
+        request_id: &RequestId,
+        matched: &Matched,
+        method: String,
+        status: u16,
+    ) -> Self {
+        let account = caller.principal.user.account_id.clone();
+        // The payer is the management account of the organization the account is in right now;
+        // usage counts toward that organization's volume tiers (the management account's too).
+        let (payer, org_id) = match &caller.principal.organization {
+            Some(org) => (org.management_account.clone(), Some(org.id.clone())),
+            None => (account.clone(), None),
+        };
+        Self {
+            call: MeteredCall {
+                request_id: request_id.clone(),
+                account_id: account,
+                payer_account_id: payer,
+                org_id,
+                user_name: caller.principal.user.name.clone(),
+                service: matched.service.name.clone(),
+                action: matched.route.action.clone(),
+                method,
+                status,
+            },
+            price: matched.route.clone(),
+            started: app.clock.now(),
+            clock: app.clock.clone(),
+        }
+    }
+
+    /// The per-request record, durable before the response head is sent (M2). Request bytes
+    /// are counted as they were sent to the upstream.
+    async fn record_call(&self, app: &App, bytes_in: u64) -> Result<RecordId, Rejection> {
+        let charge = Charge::at_price(&self.price.price, 1, bytes_in, 0).map_err(|e| Rejection::internal(&e))?;
+        let record_id = RecordId::generate();
+        let entry = LedgerEntry {
+            record_id: record_id.clone(),
+            event_time: self.started,
+            call: self.call.clone(),
+            bytes_in,
+            bytes_out: 0,
+            charge,
+        };
+        app.journal.append(entry).await?;
+        Ok(record_id)
+    }
+
+    /// Response bytes actually handed to the client, booked when the body ends (completely,
+    /// failed, or cut off by the client). A crash before that loses only this supplement,
+    /// never the per-request charge (docs/billing.md).
+    fn record_transfer(&self, journal: &Journal, call_record_id: &RecordId, bytes_out: u64, end: BodyEnd) {
+        if bytes_out == 0 {
+            return;
+        }
+        let charge = match Charge::at_price(&self.price.price, 0, 0, bytes_out) {
+            Ok(charge) => charge,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot price a transfer");
+                return;
+            }
+        };
+        let entry = TransferEntry {
+            record_id: RecordId::generate(),
+            call_record_id: call_record_id.clone(),
+            event_time: self.clock.now(),
+            call: self.call.clone(),
+            bytes_in: 0,
+            bytes_out,
+            charge,
+        };
+        if let Err(e) = journal.enqueue(entry) {
+            tracing::error!(error = %e, ?end, bytes_out, "transfer bytes could not be metered");
+        }
+    }
 }
 
 /// Tells the upstream who is calling (F2): account and user, and a short-lived identity token it
@@ -279,13 +382,21 @@ fn content_length(request: &Request<Incoming>) -> Result<Option<u64>, Rejection>
     }
 }
 
+/// Ready when the policies are loaded, the store takes writes and the journal commits.
 async fn readiness(app: &App) -> Response<Body> {
     let store = app.store.check_writable().await;
-    let ready = store.is_ok();
+    let journal_ok = app.journal.is_healthy();
+    let ready = store.is_ok() && journal_ok;
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "unready" },
         "checks": {
+            "policies": format!("ok: version {}", app.policies.load().version()),
             "store": match &store { Ok(()) => "ok".to_owned(), Err(e) => e.to_string() },
+            "journal": if journal_ok {
+                "ok".to_owned()
+            } else {
+                app.journal.last_error().unwrap_or_else(|| "unavailable".to_owned())
+            },
         }
     });
     let status = if ready {

@@ -209,3 +209,16 @@ impl From<crate::auth::PasswordError> for Rejection {
         }
     }
 }
+
+impl From<crate::journal::JournalError> for Rejection {
+    fn from(e: crate::journal::JournalError) -> Self {
+        tracing::error!(error = %e, "journal unavailable: refusing the call");
+        let mut rejection = Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "MeteringUnavailable",
+            "the gateway cannot record this call in its ledger and decision log right now, so it was not served; retry later",
+        );
+        rejection.retry_after_secs = Some(1);
+        rejection
+    }
+}

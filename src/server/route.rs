@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::billing::price::{RawPriceTier, RawRoutePrice, RoutePrice};
 use crate::config::{Config, PriceConfig, RouteConfig, ServiceConfig};
 
 /// Every service's routes, by service name.
@@ -31,7 +32,8 @@ pub struct Route {
     pub pattern: String,
     pub action: String,
     pub max_body: Option<u64>,
-    pub price: PriceConfig,
+    /// What one call costs, as billing computes it.
+    pub price: RoutePrice,
     segments: Vec<Segment>,
 }
 
@@ -64,25 +66,23 @@ pub struct Matched {
 // === impl RouteTable ===
 
 impl RouteTable {
-    pub fn compile(config: &Config) -> Self {
-        let services = config
-            .services
-            .iter()
-            .map(|s| {
-                let routes = s
-                    .routes
-                    .iter()
-                    .map(|r| Arc::new(Route::compile(&s.name, r)))
-                    .collect();
-                let service = Service {
-                    name: s.name.clone(),
-                    config: s.clone(),
-                    routes,
-                };
-                (s.name.clone(), Arc::new(service))
-            })
-            .collect();
-        Self { services }
+    /// Compiles every route; fails only on a price billing cannot use.
+    pub fn compile(config: &Config) -> Result<Self, String> {
+        let mut services = HashMap::new();
+        for s in &config.services {
+            let routes = s
+                .routes
+                .iter()
+                .map(|r| Route::compile(&s.name, r).map(Arc::new))
+                .collect::<Result<Vec<_>, String>>()?;
+            let service = Service {
+                name: s.name.clone(),
+                config: s.clone(),
+                routes,
+            };
+            services.insert(s.name.clone(), Arc::new(service));
+        }
+        Ok(Self { services })
     }
 
     pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
@@ -120,7 +120,7 @@ impl RouteTable {
 // === impl Route ===
 
 impl Route {
-    fn compile(service: &str, r: &RouteConfig) -> Self {
+    fn compile(service: &str, r: &RouteConfig) -> Result<Self, String> {
         let segments = r
             .path
             .split('/')
@@ -133,15 +133,15 @@ impl Route {
                 }
             })
             .collect();
-        Self {
+        Ok(Self {
             service: service.to_owned(),
             method: r.method.clone(),
             pattern: r.path.clone(),
             action: r.action.clone(),
             max_body: r.max_body,
-            price: r.price.clone(),
+            price: route_price(&r.price).map_err(|e| format!("{service} {}: {e}", r.path))?,
             segments,
-        }
+        })
     }
 
     fn matches(&self, method: &http::Method, path: &str) -> bool {
@@ -168,6 +168,36 @@ impl Route {
     }
 }
 
+/// The configured prices as billing's type (config has already checked their syntax).
+fn route_price(p: &PriceConfig) -> Result<RoutePrice, String> {
+    let strings = [p.per_request, p.per_gb_in, p.per_gb_out].map(|d| d.map(|d| d.to_string()));
+    let tier_prices: Vec<String> = p.per_request_tiers.iter().map(|(_, price)| price.to_string()).collect();
+    let tiers = (!p.per_request_tiers.is_empty()).then(|| {
+        p.per_request_tiers
+            .iter()
+            .zip(&tier_prices)
+            .map(|((up_to, _), price)| RawPriceTier {
+                up_to: *up_to,
+                price: price.as_str(),
+            })
+            .collect()
+    });
+    let [per_request, per_gb_in, per_gb_out] = &strings;
+    RoutePrice::parse(&RawRoutePrice {
+        per_request: per_request.as_deref(),
+        per_gb_in: per_gb_in.as_deref(),
+        per_gb_out: per_gb_out.as_deref(),
+        per_request_tiers: tiers,
+    })
+    .map_err(|errors| {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,7 +222,7 @@ upstream = "http://127.0.0.1:1"
 "#,
         )
         .unwrap_or_else(|p| panic!("{p:?}"));
-        RouteTable::compile(&config)
+        RouteTable::compile(&config).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn action(t: &RouteTable, method: &str, path: &str) -> Option<String> {

@@ -65,6 +65,8 @@ pub struct PrincipalRecord {
     pub organization: Option<OrgMembership>,
     /// Whether the token's `jti` was logged out.
     pub token_revoked: bool,
+    /// The account's metered charges this UTC month so far (for spend-cap policies).
+    pub month_to_date_spend: rust_decimal::Decimal,
 }
 
 #[derive(Debug, Clone)]
@@ -96,12 +98,14 @@ pub trait AccountStore: Send + Sync {
         account: &AccountId,
         user: &UserName,
     ) -> Result<Option<UserRecord>, StoreError>;
-    /// The caller of a request: user, groups, account name, organization, revocation of `jti`.
+    /// The caller of a request: user, groups, account name, organization, revocation of `jti`,
+    /// and the account's spend in the month of `now`.
     async fn principal(
         &self,
         account: &AccountId,
         user: &UserName,
         jti: &str,
+        now: DateTime<Utc>,
     ) -> Result<Option<PrincipalRecord>, StoreError>;
     /// Fails with `Conflict` when the name is taken in this account, whatever its case.
     async fn create_user(

@@ -216,6 +216,7 @@ impl AccountStore for SqliteStore {
         account: &AccountId,
         user: &UserName,
         jti: &str,
+        now: DateTime<Utc>,
     ) -> Result<Option<PrincipalRecord>, StoreError> {
         let (account, key, jti) = (account.clone(), user.key(), jti.to_owned());
         self.call(move |conn| {
@@ -256,12 +257,16 @@ impl AccountStore for SqliteStore {
                 )
                 .optional()?
                 .is_some();
+            let month_to_date_spend = crate::journal::month_to_date_spend(&tx, &account, now)
+                .map(|m| m.as_decimal())
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             Ok(Some(PrincipalRecord {
                 user,
                 account_name,
                 groups,
                 organization,
                 token_revoked,
+                month_to_date_spend,
             }))
         })
         .await

@@ -1,0 +1,76 @@
+//! The request scope: what every step of one request shares without threading it through
+//! every signature — its request id, and the journal acknowledgements the response must wait
+//! for.
+//!
+//! Why a task-local: every authorization decision of a request (service or API) is written to
+//! the decision log, and no response may leave before its decisions are durable (SPEC D1, and
+//! "every response a client received has its decision"). `authorize` queues the record and
+//! registers its acknowledgement here; `pipeline::handle` awaits them all before it returns the
+//! response. A step that awaits a later journal entry (the ledger record) finds the earlier
+//! acknowledgements already resolved, because the journal is FIFO.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use parking_lot::Mutex;
+
+use crate::ids::RequestId;
+use crate::journal::{JournalError, Receipt};
+
+type Ack = Pin<Box<dyn Future<Output = Result<Receipt, JournalError>> + Send>>;
+
+/// One request's shared state.
+pub struct RequestScope {
+    request_id: RequestId,
+    pending: Mutex<Vec<Ack>>,
+}
+
+tokio::task_local! {
+    static SCOPE: RequestScope;
+}
+
+/// Runs `fut` inside a fresh scope for `request_id`, then waits until every journal entry it
+/// submitted is durable. The second value is the first journal failure, if any.
+pub async fn run<F: Future>(request_id: RequestId, fut: F) -> (F::Output, Result<(), JournalError>) {
+    let scope = RequestScope {
+        request_id,
+        pending: Mutex::new(Vec::new()),
+    };
+    SCOPE
+        .scope(scope, async move {
+            let output = fut.await;
+            let pending = SCOPE.with(|s| std::mem::take(&mut *s.pending.lock()));
+            let mut result = Ok(());
+            for ack in pending {
+                if let Err(e) = ack.await
+                    && result.is_ok()
+                {
+                    result = Err(e);
+                }
+            }
+            (output, result)
+        })
+        .await
+}
+
+/// The current request's id; a fresh one outside a request (CLI, background tasks).
+pub fn request_id() -> RequestId {
+    SCOPE
+        .try_with(|s| s.request_id.clone())
+        .unwrap_or_else(|_| RequestId::generate())
+}
+
+/// Registers an acknowledgement the response must wait for. Outside a request it is awaited
+/// in the background (nobody is waiting for a response).
+pub fn must_be_durable(ack: impl Future<Output = Result<Receipt, JournalError>> + Send + 'static) {
+    let ack: Ack = Box::pin(ack);
+    if SCOPE.try_with(|_| ()).is_ok() {
+        SCOPE.with(|s| s.pending.lock().push(ack));
+    } else {
+        tokio::spawn(async move {
+            if let Err(e) = ack.await {
+                tracing::error!(error = %e, "journal entry outside a request was not written");
+            }
+        });
+    }
+}
