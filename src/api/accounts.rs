@@ -266,7 +266,17 @@ pub async fn change_password(
                 "changing your own password needs `old_password`",
             ));
         };
+        // A wrong old password is a failed password attempt like a failed login (U4): a
+        // stolen token must not buy unlimited guesses at the password through this endpoint.
+        let now = app.clock.now();
+        if target.attempts.is_locked(now) {
+            return Err(crate::api::auth::locked(target.attempts, now));
+        }
         if !app.hasher.verify(&old, Some(&target.password_hash)).await {
+            let rejection = crate::api::auth::failed_attempt(app, &target, now).await?;
+            if rejection.code == "UserLocked" {
+                return Err(rejection);
+            }
             return Err(Rejection::new(
                 StatusCode::FORBIDDEN,
                 "InvalidCredentials",
