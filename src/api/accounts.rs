@@ -13,7 +13,8 @@ use crate::api::{self, ApiRequest};
 use crate::app::App;
 use crate::auth::access_key::MAX_ACCESS_KEYS_PER_USER;
 use crate::auth::{
-    AccessKeyId, PasswordPolicy, PasswordPolicyParams, Secret, TotpSecret, access_key, totp,
+    AccessKeyId, PasswordPolicy, PasswordPolicyParams, PasswordPolicyRequest, Secret, TotpSecret,
+    access_key, totp,
 };
 use crate::authz::{Resource, TargetUser};
 use crate::body::Body;
@@ -46,15 +47,17 @@ struct SignupResponse {
 #[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct PasswordPolicyDto {
-    min_length: u32,
+    // Wide integers, so an out-of-range number is reported by name with the others (U2)
+    // instead of failing deserialization on the first one that overflows a narrow type.
+    min_length: i64,
     require_uppercase: bool,
     require_lowercase: bool,
     require_digit: bool,
     require_symbol: bool,
     #[serde(default)]
-    max_age_days: Option<u16>,
+    max_age_days: Option<i64>,
     #[serde(default)]
-    reuse_prevention: Option<u8>,
+    reuse_prevention: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -184,7 +187,7 @@ pub async fn put_password_policy(
     let account = own_account(&caller, account)?;
     authorize_on_account(app, &caller, "iam:UpdatePasswordPolicy", &req)?;
     let body: PasswordPolicyDto = req.json(app).await?;
-    let policy = PasswordPolicy::new(body.into())?;
+    let policy = PasswordPolicy::from_request(body.into())?;
     app.store
         .put_password_policy(&account, policy.params(), app.clock.now())
         .await?;
@@ -598,18 +601,18 @@ fn invalid_input(message: impl Into<String>) -> Rejection {
 impl From<PasswordPolicyParams> for PasswordPolicyDto {
     fn from(p: PasswordPolicyParams) -> Self {
         Self {
-            min_length: p.min_length,
+            min_length: i64::from(p.min_length),
             require_uppercase: p.require_uppercase,
             require_lowercase: p.require_lowercase,
             require_digit: p.require_digit,
             require_symbol: p.require_symbol,
-            max_age_days: p.max_age_days,
-            reuse_prevention: p.reuse_prevention,
+            max_age_days: p.max_age_days.map(i64::from),
+            reuse_prevention: p.reuse_prevention.map(i64::from),
         }
     }
 }
 
-impl From<PasswordPolicyDto> for PasswordPolicyParams {
+impl From<PasswordPolicyDto> for PasswordPolicyRequest {
     fn from(p: PasswordPolicyDto) -> Self {
         Self {
             min_length: p.min_length,
