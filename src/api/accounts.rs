@@ -469,7 +469,11 @@ pub async fn delete_access_key(
     let missing = || {
         Rejection::not_found(
             "NoSuchAccessKey",
-            format!("user `{}` has no access key `{key}`", target.name),
+            format!(
+                "user `{}` has no access key `{}`",
+                target.name,
+                key.chars().take(64).collect::<String>()
+            ),
         )
     };
     let id = AccessKeyId::parse(key).map_err(|_| missing())?;
@@ -484,7 +488,8 @@ pub async fn delete_access_key(
     }
 }
 
-/// MFA endpoints also take the enrollment-only token, and users whose password expired.
+/// MFA endpoints also take the enrollment-only token; an expired password allows only a
+/// password change (U2), so not this.
 async fn authenticate_for_mfa(app: &App, req: &ApiRequest) -> Result<Caller, Rejection> {
     let allow = Allow {
         enrollment_token: true,
@@ -518,14 +523,18 @@ fn own_account(caller: &Caller, account: &str) -> Result<AccountId, Rejection> {
     }
 }
 
+/// The user a path segment names. Clients percent-encode the `@`, `+`, `=` and `,` that user
+/// names may hold, so the segment is decoded first; the echo in the error is kept short.
 async fn target_user(app: &App, account: &AccountId, user: &str) -> Result<UserRecord, Rejection> {
+    let decoded = percent_encoding::percent_decode_str(user).decode_utf8_lossy();
     let missing = || {
+        let shown: String = decoded.chars().take(64).collect();
         Rejection::not_found(
             "NoSuchUser",
-            format!("account {account} has no user `{user}`"),
+            format!("account {account} has no user `{shown}`"),
         )
     };
-    let name = UserName::parse(user).map_err(|_| missing())?;
+    let name = UserName::parse(&decoded).map_err(|_| missing())?;
     app.store.user(account, &name).await?.ok_or_else(missing)
 }
 
