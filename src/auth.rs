@@ -47,8 +47,8 @@ pub use keys::{ActiveKey, KeyError, KeyRing, Kid};
 pub use lockout::LoginAttempts;
 pub use password::{PasswordError, PasswordHash, PasswordHasher};
 pub use password_policy::{
-    PasswordPolicy, PasswordPolicyError, PasswordPolicyParams, PasswordPolicyViolation,
-    PasswordRule,
+    PasswordPolicy, PasswordPolicyError, PasswordPolicyParams, PasswordPolicyRequest,
+    PasswordPolicyViolation, PasswordRule,
 };
 pub use secret::Secret;
 pub use token::{Claims, IssuedToken, Scope, TokenError, TokenIssuer};

@@ -13,7 +13,8 @@ use crate::api::{self, ApiRequest};
 use crate::app::App;
 use crate::auth::access_key::MAX_ACCESS_KEYS_PER_USER;
 use crate::auth::{
-    AccessKeyId, PasswordPolicy, PasswordPolicyParams, Secret, TotpSecret, access_key, totp,
+    AccessKeyId, PasswordPolicy, PasswordPolicyParams, PasswordPolicyRequest, Secret, TotpSecret,
+    access_key, totp,
 };
 use crate::authz::{Resource, TargetUser};
 use crate::body::Body;
@@ -46,15 +47,17 @@ struct SignupResponse {
 #[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct PasswordPolicyDto {
-    min_length: u32,
+    // Wide integers, so an out-of-range number is reported by name with the others (U2)
+    // instead of failing deserialization on the first one that overflows a narrow type.
+    min_length: i64,
     require_uppercase: bool,
     require_lowercase: bool,
     require_digit: bool,
     require_symbol: bool,
     #[serde(default)]
-    max_age_days: Option<u16>,
+    max_age_days: Option<i64>,
     #[serde(default)]
-    reuse_prevention: Option<u8>,
+    reuse_prevention: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -184,7 +187,7 @@ pub async fn put_password_policy(
     let account = own_account(&caller, account)?;
     authorize_on_account(app, &caller, "iam:UpdatePasswordPolicy", &req)?;
     let body: PasswordPolicyDto = req.json(app).await?;
-    let policy = PasswordPolicy::new(body.into())?;
+    let policy = PasswordPolicy::from_request(body.into())?;
     app.store
         .put_password_policy(&account, policy.params(), app.clock.now())
         .await?;
@@ -266,7 +269,17 @@ pub async fn change_password(
                 "changing your own password needs `old_password`",
             ));
         };
+        // A wrong old password is a failed password attempt like a failed login (U4): a
+        // stolen token must not buy unlimited guesses at the password through this endpoint.
+        let now = app.clock.now();
+        if target.attempts.is_locked(now) {
+            return Err(crate::api::auth::locked(target.attempts, now));
+        }
         if !app.hasher.verify(&old, Some(&target.password_hash)).await {
+            let rejection = crate::api::auth::failed_attempt(app, &target, now).await?;
+            if rejection.code == "UserLocked" {
+                return Err(rejection);
+            }
             return Err(Rejection::new(
                 StatusCode::FORBIDDEN,
                 "InvalidCredentials",
@@ -456,7 +469,11 @@ pub async fn delete_access_key(
     let missing = || {
         Rejection::not_found(
             "NoSuchAccessKey",
-            format!("user `{}` has no access key `{key}`", target.name),
+            format!(
+                "user `{}` has no access key `{}`",
+                target.name,
+                key.chars().take(64).collect::<String>()
+            ),
         )
     };
     let id = AccessKeyId::parse(key).map_err(|_| missing())?;
@@ -471,7 +488,8 @@ pub async fn delete_access_key(
     }
 }
 
-/// MFA endpoints also take the enrollment-only token, and users whose password expired.
+/// MFA endpoints also take the enrollment-only token; an expired password allows only a
+/// password change (U2), so not this.
 async fn authenticate_for_mfa(app: &App, req: &ApiRequest) -> Result<Caller, Rejection> {
     let allow = Allow {
         enrollment_token: true,
@@ -505,14 +523,18 @@ fn own_account(caller: &Caller, account: &str) -> Result<AccountId, Rejection> {
     }
 }
 
+/// The user a path segment names. Clients percent-encode the `@`, `+`, `=` and `,` that user
+/// names may hold, so the segment is decoded first; the echo in the error is kept short.
 async fn target_user(app: &App, account: &AccountId, user: &str) -> Result<UserRecord, Rejection> {
+    let decoded = percent_encoding::percent_decode_str(user).decode_utf8_lossy();
     let missing = || {
+        let shown: String = decoded.chars().take(64).collect();
         Rejection::not_found(
             "NoSuchUser",
-            format!("account {account} has no user `{user}`"),
+            format!("account {account} has no user `{shown}`"),
         )
     };
-    let name = UserName::parse(user).map_err(|_| missing())?;
+    let name = UserName::parse(&decoded).map_err(|_| missing())?;
     app.store.user(account, &name).await?.ok_or_else(missing)
 }
 
@@ -588,18 +610,18 @@ fn invalid_input(message: impl Into<String>) -> Rejection {
 impl From<PasswordPolicyParams> for PasswordPolicyDto {
     fn from(p: PasswordPolicyParams) -> Self {
         Self {
-            min_length: p.min_length,
+            min_length: i64::from(p.min_length),
             require_uppercase: p.require_uppercase,
             require_lowercase: p.require_lowercase,
             require_digit: p.require_digit,
             require_symbol: p.require_symbol,
-            max_age_days: p.max_age_days,
-            reuse_prevention: p.reuse_prevention,
+            max_age_days: p.max_age_days.map(i64::from),
+            reuse_prevention: p.reuse_prevention.map(i64::from),
         }
     }
 }
 
-impl From<PasswordPolicyDto> for PasswordPolicyParams {
+impl From<PasswordPolicyDto> for PasswordPolicyRequest {
     fn from(p: PasswordPolicyDto) -> Self {
         Self {
             min_length: p.min_length,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{self, ApiRequest};
 use crate::app::App;
-use crate::auth::{AccessKeyId, IssuedToken, Secret, TotpSecret, access_key, totp};
+use crate::auth::{AccessKeyId, IssuedToken, LoginAttempts, Secret, TotpSecret, access_key, totp};
 use crate::body::Body;
 use crate::ids::{AccountId, UserName};
 use crate::server::authn::{self, Allow};
@@ -87,7 +87,7 @@ pub async fn login(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Re
         return Err(invalid_credentials());
     };
     if user.attempts.is_locked(now) {
-        return Err(locked(&user, now));
+        return Err(locked(user.attempts, now));
     }
     if !app
         .hasher
@@ -96,6 +96,17 @@ pub async fn login(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Re
     {
         return Err(failed_attempt(app, &user, now).await?);
     }
+    // Failures racing this login may have locked the user while the password was checked:
+    // look again, so a burst of parallel guesses gets no more answers than a lock allows.
+    let fresh = app
+        .store
+        .user(&user.account_id, &user.name)
+        .await?
+        .ok_or_else(invalid_credentials)?;
+    if fresh.attempts.is_locked(now) {
+        return Err(locked(fresh.attempts, now));
+    }
+    let user = fresh;
 
     let mfa = match &user.mfa {
         MfaState::On { secret, last_step } => {
@@ -126,10 +137,13 @@ pub async fn login(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Re
         }
         MfaState::Off | MfaState::Pending { .. } => false,
     };
-    if user.attempts.consecutive_failures > 0 || user.attempts.locked_until.is_some() {
-        app.store
-            .save_login_attempts(&user.account_id, &user.name, user.attempts.after_success())
-            .await?;
+    // Clears the count, unless a racing failure locked the user in the meantime.
+    let attempts = app
+        .store
+        .record_login_success(&user.account_id, &user.name, now)
+        .await?;
+    if attempts.is_locked(now) {
+        return Err(locked(attempts, now));
     }
 
     let organization = app.store.organization_of(&user.account_id).await?;
@@ -227,23 +241,25 @@ async fn password_expired(
     Ok(policy.is_expired(user.password_changed_at, now))
 }
 
-/// Counts a failed attempt; the fifth in a row locks the user.
-async fn failed_attempt(
+/// Counts a failed attempt; the fifth in a row locks the user. Counted in the store against
+/// the state at that moment, so concurrent failures all count. The answer is 401
+/// `InvalidCredentials`, or 429 `UserLocked` once the user is locked.
+pub(crate) async fn failed_attempt(
     app: &App,
     user: &UserRecord,
     now: DateTime<Utc>,
 ) -> Result<Rejection, Rejection> {
     app.metrics.login_failures.inc();
-    let after = user.attempts.after_failure(now);
-    app.store
-        .save_login_attempts(&user.account_id, &user.name, after)
+    let recorded = app
+        .store
+        .record_login_failure(&user.account_id, &user.name, now)
         .await?;
-    if after.is_locked(now) {
+    if recorded.locked_the_user(now) {
         app.metrics.lockouts.inc();
         tracing::warn!(account = %user.account_id, user = %user.name, "user locked after repeated login failures");
-        let mut locked_user = user.clone();
-        locked_user.attempts = after;
-        return Ok(locked(&locked_user, now));
+    }
+    if recorded.after.is_locked(now) {
+        return Ok(locked(recorded.after, now));
     }
     Ok(invalid_credentials())
 }
@@ -283,8 +299,8 @@ fn invalid_mfa_code() -> Rejection {
     )
 }
 
-fn locked(user: &UserRecord, now: DateTime<Utc>) -> Rejection {
-    let until = user.attempts.locked_until.unwrap_or(now);
+pub(crate) fn locked(attempts: LoginAttempts, now: DateTime<Utc>) -> Rejection {
+    let until = attempts.locked_until.unwrap_or(now);
     let mut rejection = Rejection::new(
         StatusCode::TOO_MANY_REQUESTS,
         "UserLocked",

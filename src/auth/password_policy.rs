@@ -31,6 +31,20 @@ pub struct PasswordPolicyParams {
     pub reuse_prevention: Option<u8>,
 }
 
+/// Settings as a client asked for them, numbers not yet known to fit any range (or type):
+/// [`PasswordPolicy::from_request`] checks them all and names every field that is off, even
+/// one far outside what the stored type could hold (`-1`, `300` for `reuse_prevention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordPolicyRequest {
+    pub min_length: i64,
+    pub require_uppercase: bool,
+    pub require_lowercase: bool,
+    pub require_digit: bool,
+    pub require_symbol: bool,
+    pub max_age_days: Option<i64>,
+    pub reuse_prevention: Option<i64>,
+}
+
 /// A password policy whose values are within the U2 ranges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PasswordPolicy(PasswordPolicyParams);
@@ -64,11 +78,11 @@ pub enum PasswordPolicyError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FieldOutOfRange {
     #[error("`min_length` is {0}, must be 8 to 128")]
-    MinLength(u32),
+    MinLength(i64),
     #[error("`max_age_days` is {0}, must be 1 to 1095")]
-    MaxAgeDays(u16),
+    MaxAgeDays(i64),
     #[error("`reuse_prevention` is {0}, must be 1 to 24")]
-    ReusePrevention(u8),
+    ReusePrevention(i64),
 }
 
 // === impl PasswordPolicy ===
@@ -76,24 +90,56 @@ pub enum FieldOutOfRange {
 impl PasswordPolicy {
     /// Validates every range at once and reports every field that is out of range.
     pub fn new(params: PasswordPolicyParams) -> Result<Self, PasswordPolicyError> {
+        Self::from_request(PasswordPolicyRequest {
+            min_length: i64::from(params.min_length),
+            require_uppercase: params.require_uppercase,
+            require_lowercase: params.require_lowercase,
+            require_digit: params.require_digit,
+            require_symbol: params.require_symbol,
+            max_age_days: params.max_age_days.map(i64::from),
+            reuse_prevention: params.reuse_prevention.map(i64::from),
+        })
+    }
+
+    /// Checks a client's settings: every field outside its U2 range is reported, whatever the
+    /// number.
+    pub fn from_request(request: PasswordPolicyRequest) -> Result<Self, PasswordPolicyError> {
         let mut problems = Vec::new();
-        if !MIN_LENGTH_RANGE.contains(&params.min_length) {
-            problems.push(FieldOutOfRange::MinLength(params.min_length));
+        let min_length = in_range(request.min_length, &MIN_LENGTH_RANGE);
+        if min_length.is_none() {
+            problems.push(FieldOutOfRange::MinLength(request.min_length));
         }
-        if let Some(days) = params.max_age_days
-            && !MAX_AGE_DAYS_RANGE.contains(&days)
-        {
-            problems.push(FieldOutOfRange::MaxAgeDays(days));
-        }
-        if let Some(count) = params.reuse_prevention
-            && !REUSE_PREVENTION_RANGE.contains(&count)
-        {
-            problems.push(FieldOutOfRange::ReusePrevention(count));
-        }
-        if problems.is_empty() {
-            Ok(Self(params))
-        } else {
-            Err(PasswordPolicyError::OutOfRange(problems))
+        let max_age_days = match request.max_age_days {
+            Some(days) => {
+                let checked = in_range(days, &MAX_AGE_DAYS_RANGE);
+                if checked.is_none() {
+                    problems.push(FieldOutOfRange::MaxAgeDays(days));
+                }
+                checked
+            }
+            None => None,
+        };
+        let reuse_prevention = match request.reuse_prevention {
+            Some(count) => {
+                let checked = in_range(count, &REUSE_PREVENTION_RANGE);
+                if checked.is_none() {
+                    problems.push(FieldOutOfRange::ReusePrevention(count));
+                }
+                checked
+            }
+            None => None,
+        };
+        match min_length {
+            Some(min_length) if problems.is_empty() => Ok(Self(PasswordPolicyParams {
+                min_length,
+                require_uppercase: request.require_uppercase,
+                require_lowercase: request.require_lowercase,
+                require_digit: request.require_digit,
+                require_symbol: request.require_symbol,
+                max_age_days,
+                reuse_prevention,
+            })),
+            _ => Err(PasswordPolicyError::OutOfRange(problems)),
         }
     }
 
@@ -187,6 +233,14 @@ impl Default for PasswordPolicy {
             reuse_prevention: None,
         })
     }
+}
+
+/// `value` as the range's type, if it lies in the range.
+fn in_range<T>(value: i64, range: &RangeInclusive<T>) -> Option<T>
+where
+    T: TryFrom<i64> + PartialOrd,
+{
+    T::try_from(value).ok().filter(|v| range.contains(v))
 }
 
 fn is_symbol(c: &char) -> bool {

@@ -161,11 +161,14 @@ impl Scope {
 // === impl Claims ===
 
 impl Claims {
-    /// Whether the token predates `tokens_valid_after` (the user's last password change), so
-    /// it must be refused (U7). Compared to the millisecond: a token issued in the same
-    /// millisecond as the change stays valid.
+    /// Whether the token was issued no later than `tokens_valid_after` (the user's last
+    /// password change), so it must be refused (U7). Compared to the millisecond, and a token
+    /// of the very same millisecond is refused too: a login stamps its token with the instant
+    /// it started, before it read the password hash, so a login that checked the old password
+    /// while the change committed gets a token that is not after the change. The price is that
+    /// a login with the new password in the change's own millisecond must log in again.
     pub fn issued_before(&self, tokens_valid_after: DateTime<Utc>) -> bool {
-        self.issued_at < tokens_valid_after
+        self.issued_at <= tokens_valid_after
     }
 }
 

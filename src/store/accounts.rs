@@ -78,6 +78,23 @@ pub struct AccessKeyRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// A failed login as the store recorded it: the user's state just before and just after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordedFailure {
+    pub before: LoginAttempts,
+    pub after: LoginAttempts,
+}
+
+// === impl RecordedFailure ===
+
+impl RecordedFailure {
+    /// This failure is the one that locked the user (for the lockout metric and log line,
+    /// which must count a lock once however many failures race into it).
+    pub fn locked_the_user(&self, now: DateTime<Utc>) -> bool {
+        !self.before.is_locked(now) && self.after.is_locked(now)
+    }
+}
+
 /// Accounts and users, as the auth API and the pipeline use them.
 #[async_trait::async_trait]
 pub trait AccountStore: Send + Sync {
@@ -115,12 +132,24 @@ pub trait AccountStore: Send + Sync {
         password: PasswordHash,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-    async fn save_login_attempts(
+    /// Counts a failed login at `now` ([`LoginAttempts::after_failure`]) against the state
+    /// stored when the failure is recorded, not the one read before the password check, so
+    /// failures racing each other all count. Returns the new state.
+    async fn record_login_failure(
         &self,
         account: &AccountId,
         user: &UserName,
-        attempts: LoginAttempts,
-    ) -> Result<(), StoreError>;
+        now: DateTime<Utc>,
+    ) -> Result<RecordedFailure, StoreError>;
+    /// Clears the failure count after a successful login, unless the user is locked at `now`
+    /// (a racing failure may have locked it while this login's password was being checked):
+    /// then nothing changes and the locked state is returned, and the login must be refused.
+    async fn record_login_success(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        now: DateTime<Utc>,
+    ) -> Result<LoginAttempts, StoreError>;
     /// Sets a new password, keeps the old one in the history (at most `keep` entries), and
     /// invalidates every token issued before `now`.
     async fn change_password(

@@ -8,6 +8,7 @@
 #[allow(dead_code)]
 mod support;
 
+mod auth;
 mod config_errors;
 mod forwarding;
 mod ops;

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod mfa;
 pub mod upstream;
 
 pub use client::Client;

@@ -168,3 +168,37 @@ fn passwords_expire_after_max_age_days() {
     assert!(p.is_expired(changed, changed + Duration::days(30)));
     assert!(!PasswordPolicy::default().is_expired(changed, changed + Duration::days(5000)));
 }
+
+#[test]
+fn requests_name_every_field_even_far_outside_the_stored_types() {
+    let request = PasswordPolicyRequest {
+        min_length: -1,
+        require_uppercase: true,
+        require_lowercase: true,
+        require_digit: true,
+        require_symbol: true,
+        max_age_days: Some(70_000),
+        reuse_prevention: Some(300),
+    };
+    let Err(PasswordPolicyError::OutOfRange(fields)) = PasswordPolicy::from_request(request) else {
+        panic!("expected out of range");
+    };
+    assert_eq!(
+        fields,
+        vec![
+            FieldOutOfRange::MinLength(-1),
+            FieldOutOfRange::MaxAgeDays(70_000),
+            FieldOutOfRange::ReusePrevention(300),
+        ]
+    );
+    let ok = PasswordPolicy::from_request(PasswordPolicyRequest {
+        min_length: 128,
+        max_age_days: Some(1095),
+        reuse_prevention: Some(24),
+        ..request
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ok.params().min_length, 128);
+    assert_eq!(ok.max_age_days(), Some(1095));
+    assert_eq!(ok.reuse_prevention(), Some(24));
+}

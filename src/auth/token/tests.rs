@@ -514,6 +514,11 @@ fn tokens_issued_before_a_password_change_are_marked() {
     let new = verify(&f, &issue(&f, relogin)).unwrap_or_else(|e| panic!("{e}"));
     assert!(old.issued_before(changed), "same second, but earlier");
     assert!(!new.issued_before(changed), "same second, but later");
+    let same = verify(&f, &issue(&f, changed)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        same.issued_before(changed),
+        "the change's own millisecond is refused"
+    );
 }
 
 fn jwt_kid(token: &str) -> Option<String> {

@@ -10,7 +10,8 @@ use crate::authz::{FeatureSet, OrgMembership};
 use crate::ids::{AccountId, GroupName, OrgId, UserName};
 use crate::store::StoreError;
 use crate::store::accounts::{
-    AccessKeyRecord, AccountRecord, AccountStore, MfaState, NewAccount, PrincipalRecord, UserRecord,
+    AccessKeyRecord, AccountRecord, AccountStore, MfaState, NewAccount, PrincipalRecord,
+    RecordedFailure, UserRecord,
 };
 
 use super::{SqliteStore, from_ms, to_ms};
@@ -115,6 +116,43 @@ fn access_key_from_row(row: &Row<'_>) -> rusqlite::Result<AccessKeyRecord> {
         secret_hash: AccessKeySecretHash::from_hex(&hash).map_err(|_| corrupt("secret_hash"))?,
         created_at: from_ms(row.get(4)?),
     })
+}
+
+fn login_attempts(
+    tx: &Transaction<'_>,
+    account: &AccountId,
+    key: &str,
+) -> Result<Option<LoginAttempts>, StoreError> {
+    Ok(tx
+        .query_row(
+            "SELECT failed_logins, locked_until FROM users WHERE account_id = ?1 AND name_key = ?2",
+            params![account.as_str(), key],
+            |r| {
+                Ok(LoginAttempts {
+                    consecutive_failures: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(u32::MAX),
+                    locked_until: r.get::<_, Option<i64>>(1)?.map(from_ms),
+                })
+            },
+        )
+        .optional()?)
+}
+
+fn write_login_attempts(
+    tx: &Transaction<'_>,
+    account: &AccountId,
+    key: &str,
+    attempts: LoginAttempts,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE users SET failed_logins = ?3, locked_until = ?4 WHERE account_id = ?1 AND name_key = ?2",
+        params![
+            account.as_str(),
+            key,
+            attempts.consecutive_failures,
+            attempts.locked_until.map(to_ms)
+        ],
+    )?;
+    Ok(())
 }
 
 /// The organization an account is in now: as a current member, or as a live organization's
@@ -289,19 +327,48 @@ impl AccountStore for SqliteStore {
         .await
     }
 
-    async fn save_login_attempts(
+    async fn record_login_failure(
         &self,
         account: &AccountId,
         user: &UserName,
-        attempts: LoginAttempts,
-    ) -> Result<(), StoreError> {
+        now: DateTime<Utc>,
+    ) -> Result<RecordedFailure, StoreError> {
         let (account, key) = (account.clone(), user.key());
         self.call(move |conn| {
-            conn.execute(
-                "UPDATE users SET failed_logins = ?3, locked_until = ?4 WHERE account_id = ?1 AND name_key = ?2",
-                params![account.as_str(), key, attempts.consecutive_failures, attempts.locked_until.map(to_ms)],
-            )?;
-            Ok(())
+            // IMMEDIATE: read and write under one write lock, so no failure is lost.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let before = login_attempts(&tx, &account, &key)?.unwrap_or_default();
+            let after = before.after_failure(now);
+            if after != before {
+                write_login_attempts(&tx, &account, &key, after)?;
+                tx.commit()?;
+            }
+            Ok(RecordedFailure { before, after })
+        })
+        .await
+    }
+
+    async fn record_login_success(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        now: DateTime<Utc>,
+    ) -> Result<LoginAttempts, StoreError> {
+        let (account, key) = (account.clone(), user.key());
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let Some(stored) = login_attempts(&tx, &account, &key)? else {
+                return Ok(LoginAttempts::default());
+            };
+            if stored.is_locked(now) {
+                return Ok(stored);
+            }
+            let after = stored.after_success();
+            if after != stored {
+                write_login_attempts(&tx, &account, &key, after)?;
+                tx.commit()?;
+            }
+            Ok(after)
         })
         .await
     }
