@@ -9,10 +9,12 @@
 //! and domain values to the SPEC shapes, and must not decide anything the domain decides.
 //! Domain errors become HTTP in `server/rejection.rs`.
 //!
-//! What each account sees: `GET /org` shows every caller in the organization the same view,
-//! the management account and members alike: the members (id, name, joined method, joined at)
-//! and the open handshakes, as AWS Organizations lets member accounts list the organization's
-//! accounts. `GET /handshakes` shows the handshakes the caller's account sent or received, in
+//! What each account sees: `GET /org` shows the management account and members alike the
+//! organization and its members (id, name, joined method, joined at), as AWS Organizations lets
+//! member accounts list the organization's accounts. Open handshakes: the management account
+//! sees all of them; a member only those it is a party to (its `APPROVE_ALL_FEATURES`), since
+//! whom the organization invites is the management account's business (the domain's
+//! `OrgService::describe` applies this). `GET /handshakes` shows the handshakes the caller's account sent or received, in
 //! any state (accounts outside any organization see their invitations there). A handshake the
 //! caller is no party to answers 404 `NoSuchHandshake`, so its existence does not leak.
 //!

@@ -420,8 +420,11 @@ async fn a3_to_a6_members_are_refused_management_only_calls() {
     assert_eq!(view["members"].as_array().unwrap().len(), 2, "{view}");
     assert_eq!(view["handshakes"], json!([]));
     assert_eq!(view["feature_set"], "CONSOLIDATED_BILLING");
-    // A member may read the organization (A7), as in AWS.
+    // A member may read the organization (A7), as in AWS, but not whom it invites.
     assert_eq!(org(&b).await["members"], view["members"]);
+    let outside = invite(&p, &c).await;
+    assert_eq!(org(&p).await["handshakes"][0]["id"], outside["id"]);
+    assert_eq!(org(&b).await["handshakes"], json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
