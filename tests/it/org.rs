@@ -988,3 +988,54 @@ async fn a4_two_concurrent_accepts_over_http_one_wins() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a2_a3_bodies_are_checked_like_signup() {
+    let (_upstream, gw) = gateway().await;
+    let p = gw.mfa_owner("payer").await;
+    let r = p
+        .client
+        .post_json("/org", json!({"feature_set": "SOME_FEATURES"}))
+        .await;
+    expect_error(&r, StatusCode::BAD_REQUEST, "InvalidInput");
+    expect_error(
+        &p.client.get("/org").await,
+        StatusCode::NOT_FOUND,
+        "NotInOrganization",
+    );
+    let r = p
+        .client
+        .post_json("/org", json!({"feature_set": "ALL_FEATURES", "extra": 1}))
+        .await;
+    expect_error(&r, StatusCode::BAD_REQUEST, "InvalidInput");
+    let r = p.client.post_json("/org", json!({})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+
+    let body = |name: &str, email: &str, user: &str, password: &str| json!({"name": name, "email": email, "owner_user": user, "owner_password": password});
+    for (request, code) in [
+        (
+            body("alpha", "alpha@example.com", "owner", "short"),
+            "PasswordPolicyViolation",
+        ),
+        (
+            body("alpha", "alpha@example.com", "owner", "alllowercase-1!"),
+            "PasswordPolicyViolation",
+        ),
+        (
+            body("alpha", "not-an-email", "owner", MEMBER_PASSWORD),
+            "InvalidInput",
+        ),
+        (
+            body("", "alpha@example.com", "owner", MEMBER_PASSWORD),
+            "InvalidInput",
+        ),
+        (
+            body("alpha", "alpha@example.com", "no spaces", MEMBER_PASSWORD),
+            "InvalidInput",
+        ),
+    ] {
+        let r = p.client.post_json("/org/accounts", request).await;
+        expect_error(&r, StatusCode::BAD_REQUEST, code);
+    }
+    assert_eq!(org(&p).await["members"], json!([]), "nothing was created");
+}
