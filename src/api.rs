@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod org;
 pub mod policies;
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use serde::de::DeserializeOwned;
 use crate::app::App;
 use crate::body::{self, Body};
 use crate::ids::RequestId;
+use crate::org::HandshakeAction;
 use crate::server::rejection::{self, Rejection};
 
 /// One API request, its body not yet read.
@@ -85,6 +87,26 @@ pub async fn handle(
         (Method::DELETE, ["accounts", account, "users", user, "access-keys", key]) => {
             accounts::delete_access_key(app, req, account, user, key).await
         }
+        (Method::POST, ["org"]) => org::create(app, req).await,
+        (Method::GET, ["org"]) => org::describe(app, req).await,
+        (Method::DELETE, ["org"]) => org::delete(app, req).await,
+        (Method::POST, ["org", "accounts"]) => org::create_account(app, req).await,
+        (Method::DELETE, ["org", "accounts", account]) => {
+            org::remove_account(app, req, account).await
+        }
+        (Method::POST, ["org", "invitations"]) => org::invite(app, req).await,
+        (Method::POST, ["org", "enable-all-features"]) => org::enable_all_features(app, req).await,
+        (Method::POST, ["org", "leave"]) => org::leave(app, req).await,
+        (Method::GET, ["handshakes"]) => org::handshakes(app, req).await,
+        (Method::POST, ["handshakes", id, "accept"]) => {
+            org::handshake_action(app, req, id, HandshakeAction::Accept).await
+        }
+        (Method::POST, ["handshakes", id, "decline"]) => {
+            org::handshake_action(app, req, id, HandshakeAction::Decline).await
+        }
+        (Method::POST, ["handshakes", id, "cancel"]) => {
+            org::handshake_action(app, req, id, HandshakeAction::Cancel).await
+        }
         (Method::GET, ["policies"]) => policies::describe(app, req).await,
         (Method::POST, ["policies", "reload"]) => policies::reload(app, req).await,
         _ => Err(Rejection::not_found(
@@ -105,6 +127,23 @@ impl ApiRequest {
     pub async fn json<T: DeserializeOwned>(self, app: &App) -> Result<T, Rejection> {
         let limit = app.config.server.max_api_body;
         let bytes = read_capped(self.body, limit).await?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Rejection::bad_request(
+                "InvalidInput",
+                format!("the request body is not the expected JSON: {e}"),
+            )
+        })
+    }
+
+    /// Reads an optional JSON body of type `T`: an empty body is `T::default()`.
+    pub async fn json_or_default<T: DeserializeOwned + Default>(
+        self,
+        app: &App,
+    ) -> Result<T, Rejection> {
+        let bytes = read_capped(self.body, app.config.server.max_api_body).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(T::default());
+        }
         serde_json::from_slice(&bytes).map_err(|e| {
             Rejection::bad_request(
                 "InvalidInput",

@@ -254,7 +254,10 @@ impl Journal {
     pub fn submit(
         &self,
         entry: impl Into<Entry>,
-    ) -> Result<impl std::future::Future<Output = Result<Receipt, JournalError>> + Send + 'static, JournalError> {
+    ) -> Result<
+        impl std::future::Future<Output = Result<Receipt, JournalError>> + Send + 'static,
+        JournalError,
+    > {
         let (ack, done) = oneshot::channel();
         self.send(entry.into(), Some(ack))?;
         Ok(async move {

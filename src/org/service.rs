@@ -72,7 +72,10 @@ impl OrgService {
         .await
     }
 
-    /// A7: the caller's organization, its members and its open handshakes.
+    /// A7: the caller's organization, its members and its open handshakes. The management
+    /// account sees every open handshake; a member sees the members too (as in AWS), but only
+    /// the open handshakes it is a party to (its approval): whom the organization invites is
+    /// the management account's business.
     pub async fn describe(
         &self,
         caller: &AccountId,
@@ -82,11 +85,15 @@ impl OrgService {
         self.transact(move |tx| {
             let organization = organization_of(tx, &caller)?;
             let members = tx.members(&organization.id)?;
+            let is_management = organization.management_account_id == caller;
             let handshakes = tx
                 .handshakes(&HandshakeFilter::Organization(organization.id.clone()))?
                 .into_iter()
                 .map(|h| h.at(now))
                 .filter(|h| h.state.is_active())
+                .filter(|h| {
+                    is_management || h.from_account_id == caller || h.to_account_id == caller
+                })
                 .collect();
             Ok(OrgView {
                 organization,

@@ -7,8 +7,8 @@ use crate::app::App;
 use crate::authz::{Decision, Principal, Request, RequestContext, Resource, Tier};
 use crate::journal::{DecisionEntry, DecisionKind, RecordId};
 use crate::server::authn::Caller;
-use crate::server::scope;
 use crate::server::rejection::Rejection;
+use crate::server::scope;
 
 /// The request facts a decision needs besides the caller.
 pub struct Facts<'a> {

@@ -19,15 +19,15 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::authz::Resource;
 use crate::body::{self, Body, BodyEnd, Capped, Counted};
-use crate::journal::{Charge, Journal, LedgerEntry, MeteredCall, RecordId, TransferEntry};
-use crate::server::route::{Matched, Route};
-use crate::server::scope;
 use crate::ids::RequestId;
+use crate::journal::{Charge, Journal, LedgerEntry, MeteredCall, RecordId, TransferEntry};
 use crate::metrics::{RequestLabels, ServiceLabels, UpstreamErrorLabels};
 use crate::server::authn::{self, Allow, Caller};
 use crate::server::authorize::{self, Facts};
 use crate::server::path;
 use crate::server::rejection::{self, Rejection};
+use crate::server::route::{Matched, Route};
+use crate::server::scope;
 use crate::store::Health;
 use crate::upstream::{UpstreamError, headers};
 
@@ -41,7 +41,11 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr)
         .unwrap_or_else(RequestId::generate);
     // Every journal entry of the request (its decisions, its ledger record) is durable before
     // the response head leaves; if one is not, the response is replaced by a 503.
-    let (result, durable) = scope::run(request_id.clone(), dispatch(&app, request, peer, &request_id)).await;
+    let (result, durable) = scope::run(
+        request_id.clone(),
+        dispatch(&app, request, peer, &request_id),
+    )
+    .await;
     let result = match durable {
         Ok(()) => result,
         Err(e) => Err(Rejection::from(e)),
@@ -239,10 +243,19 @@ async fn forward(
 
     let (mut parts, incoming) = response.into_parts();
     headers::to_client(&mut parts.headers);
-    let meter = Meter::new(app, &caller, request_id, &matched, method, parts.status.as_u16());
+    let meter = Meter::new(
+        app,
+        &caller,
+        request_id,
+        &matched,
+        method,
+        parts.status.as_u16(),
+    );
     let record_id = meter.record_call(app, request_bytes.bytes()).await?;
     let journal = app.journal.clone();
-    let on_end = Box::new(move |bytes_out: u64, end: BodyEnd| meter.record_transfer(&journal, &record_id, bytes_out, end));
+    let on_end = Box::new(move |bytes_out: u64, end: BodyEnd| {
+        meter.record_transfer(&journal, &record_id, bytes_out, end)
+    });
     let counted = Counted::new(incoming, on_end);
     Ok(Response::from_parts(parts, counted.boxed_unsync()))
 }
@@ -292,7 +305,8 @@ impl Meter {
     /// The per-request record, durable before the response head is sent (M2). Request bytes
     /// are counted as they were sent to the upstream.
     async fn record_call(&self, app: &App, bytes_in: u64) -> Result<RecordId, Rejection> {
-        let charge = Charge::at_price(&self.price.price, 1, bytes_in, 0).map_err(|e| Rejection::internal(&e))?;
+        let charge = Charge::at_price(&self.price.price, 1, bytes_in, 0)
+            .map_err(|e| Rejection::internal(&e))?;
         let record_id = RecordId::generate();
         let entry = LedgerEntry {
             record_id: record_id.clone(),
@@ -309,7 +323,13 @@ impl Meter {
     /// Response bytes actually handed to the client, booked when the body ends (completely,
     /// failed, or cut off by the client). A crash before that loses only this supplement,
     /// never the per-request charge (docs/billing.md).
-    fn record_transfer(&self, journal: &Journal, call_record_id: &RecordId, bytes_out: u64, end: BodyEnd) {
+    fn record_transfer(
+        &self,
+        journal: &Journal,
+        call_record_id: &RecordId,
+        bytes_out: u64,
+        end: BodyEnd,
+    ) {
         if bytes_out == 0 {
             return;
         }

@@ -222,3 +222,86 @@ impl From<crate::journal::JournalError> for Rejection {
         rejection
     }
 }
+
+impl From<crate::org::OrgError> for Rejection {
+    fn from(e: crate::org::OrgError) -> Self {
+        use crate::org::OrgError;
+        // Where the domain's message does not already say what to do, a hint follows it.
+        let (status, code, hint) = match &e {
+            // Answered by the store's own mapping below.
+            OrgError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "StoreUnavailable", None),
+            OrgError::MfaRequired => (StatusCode::FORBIDDEN, "MfaRequired", None),
+            OrgError::NotManagementAccount { .. } | OrgError::AccessDenied { .. } => {
+                (StatusCode::FORBIDDEN, "AccessDenied", None)
+            }
+            OrgError::NotInOrganization { .. } => (
+                StatusCode::NOT_FOUND,
+                "NotInOrganization",
+                Some(
+                    "create one with POST /org, or accept an invitation listed at GET /handshakes",
+                ),
+            ),
+            OrgError::NoSuchHandshake { .. } => (
+                StatusCode::NOT_FOUND,
+                "NoSuchHandshake",
+                Some("GET /handshakes lists the handshakes of this account"),
+            ),
+            OrgError::NoSuchAccount { .. } => (
+                StatusCode::NOT_FOUND,
+                "NoSuchAccount",
+                Some("check the 12-digit account id"),
+            ),
+            OrgError::NotAMember { .. } => (
+                StatusCode::NOT_FOUND,
+                "NoSuchAccount",
+                Some("GET /org lists the members"),
+            ),
+            OrgError::AlreadyInOrganization { .. } => {
+                (StatusCode::CONFLICT, "AlreadyInOrganization", None)
+            }
+            OrgError::AccountAlreadyInOrganization { .. } => {
+                (StatusCode::CONFLICT, "AccountAlreadyInOrganization", None)
+            }
+            OrgError::DuplicateHandshake { .. } => {
+                (StatusCode::CONFLICT, "DuplicateHandshake", None)
+            }
+            OrgError::HandshakeAlreadyInState { .. } => (
+                StatusCode::CONFLICT,
+                "HandshakeAlreadyInState",
+                Some("there is nothing more to do"),
+            ),
+            OrgError::InvalidHandshakeTransition { .. } => (
+                StatusCode::CONFLICT,
+                "InvalidHandshakeTransition",
+                Some("only an open handshake can be answered or canceled"),
+            ),
+            OrgError::InviteDisabledDuringEnableAllFeatures { .. } => (
+                StatusCode::CONFLICT,
+                "InviteDisabledDuringEnableAllFeatures",
+                None,
+            ),
+            OrgError::HandshakeNotComplete { .. } => (
+                StatusCode::CONFLICT,
+                "HandshakeNotComplete",
+                Some("GET /org shows which approvals are still open"),
+            ),
+            OrgError::AlreadyAllFeatures { .. } => {
+                (StatusCode::CONFLICT, "AlreadyAllFeatures", None)
+            }
+            OrgError::AllFeaturesMigrationPending { .. } => {
+                (StatusCode::CONFLICT, "AllFeaturesMigrationPending", None)
+            }
+            OrgError::ManagementAccountCannotLeave { .. } => {
+                (StatusCode::CONFLICT, "ManagementAccountCannotLeave", None)
+            }
+            OrgError::OrganizationNotEmpty { .. } => {
+                (StatusCode::CONFLICT, "OrganizationNotEmpty", None)
+            }
+        };
+        match (e, hint) {
+            (OrgError::Store(e), _) => e.into(),
+            (e, Some(hint)) => Rejection::new(status, code, format!("{e}; {hint}")),
+            (e, None) => Rejection::new(status, code, e.to_string()),
+        }
+    }
+}

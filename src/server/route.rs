@@ -171,7 +171,11 @@ impl Route {
 /// The configured prices as billing's type (config has already checked their syntax).
 fn route_price(p: &PriceConfig) -> Result<RoutePrice, String> {
     let strings = [p.per_request, p.per_gb_in, p.per_gb_out].map(|d| d.map(|d| d.to_string()));
-    let tier_prices: Vec<String> = p.per_request_tiers.iter().map(|(_, price)| price.to_string()).collect();
+    let tier_prices: Vec<String> = p
+        .per_request_tiers
+        .iter()
+        .map(|(_, price)| price.to_string())
+        .collect();
     let tiers = (!p.per_request_tiers.is_empty()).then(|| {
         p.per_request_tiers
             .iter()

@@ -31,7 +31,10 @@ tokio::task_local! {
 
 /// Runs `fut` inside a fresh scope for `request_id`, then waits until every journal entry it
 /// submitted is durable. The second value is the first journal failure, if any.
-pub async fn run<F: Future>(request_id: RequestId, fut: F) -> (F::Output, Result<(), JournalError>) {
+pub async fn run<F: Future>(
+    request_id: RequestId,
+    fut: F,
+) -> (F::Output, Result<(), JournalError>) {
     let scope = RequestScope {
         request_id,
         pending: Mutex::new(Vec::new()),

@@ -12,4 +12,5 @@ mod auth;
 mod config_errors;
 mod forwarding;
 mod ops;
+mod org;
 mod policies;

@@ -1,6 +1,7 @@
 //! Test scaffolding: `TestGateway` (the app in-process on port 0 with a temp data dir and a
 //! manual clock), `Upstream` (a recording upstream server), `Client` and a raw-socket helper,
-//! and `binary()` for tests that must run the real executable.
+//! `mfa` (owners with MFA on and MFA logins), and `binary()` for tests that must run the real
+//! executable.
 
 pub mod client;
 pub mod gateway;
@@ -9,6 +10,7 @@ pub mod upstream;
 
 pub use client::Client;
 pub use gateway::{Account, TestGateway};
+pub use mfa::MfaAccount;
 pub use upstream::Upstream;
 
 /// Path of the built `tollgate` binary.

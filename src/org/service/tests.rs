@@ -1020,3 +1020,45 @@ async fn leaving_removing_and_deleting() {
         .unwrap();
     assert_ne!(next.id, org.id);
 }
+
+#[tokio::test]
+async fn members_see_every_member_but_only_their_own_open_handshakes() {
+    let w = World::new();
+    let (p, _) = w.management("payer", FeatureSet::ConsolidatedBilling).await;
+    let b = w.signup("bravo").await;
+    let c = w.signup("charlie").await;
+    let d = w.signup("delta").await;
+    w.join(&p, &b).await;
+    w.join(&p, &c).await;
+
+    // An invitation to an outside account: the management account's business only.
+    w.org.invite(&p, &d, w.at(1)).await.unwrap();
+    let full = w.org.describe(&p, w.at(2)).await.unwrap();
+    assert_eq!(full.handshakes.len(), 1);
+    let seen_by_b = w.org.describe(&b, w.at(2)).await.unwrap();
+    assert_eq!(seen_by_b.members, full.members, "members see every member");
+    assert!(
+        seen_by_b.handshakes.is_empty(),
+        "{:?}",
+        seen_by_b.handshakes
+    );
+
+    // A migration: the parent and one approval each for B and C; B sees its own only.
+    let parent = w.org.enable_all_features(&p, w.at(3)).await.unwrap();
+    let full = w.org.describe(&p, w.at(4)).await.unwrap();
+    assert_eq!(full.handshakes.len(), 3, "{:?}", full.handshakes);
+    let seen_by_b = w.org.describe(&b, w.at(4)).await.unwrap();
+    let own: Vec<_> = seen_by_b
+        .handshakes
+        .iter()
+        .map(|h| (h.kind, h.to_account_id.clone(), h.parent_id.clone()))
+        .collect();
+    assert_eq!(
+        own,
+        vec![(
+            HandshakeKind::ApproveAllFeatures,
+            b.clone(),
+            Some(parent.id)
+        )]
+    );
+}
