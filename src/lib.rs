@@ -19,5 +19,6 @@ pub mod ids;
 pub mod metrics;
 pub mod org;
 pub mod server;
+pub mod services;
 pub mod store;
 pub mod upstream;
