@@ -10,5 +10,7 @@ mod support;
 
 mod config_errors;
 mod forwarding;
+mod groups;
 mod ops;
 mod policies;
+mod services;
