@@ -1,12 +1,15 @@
-//! The JSON API: account signup, login and tokens, users and credentials, policies. Each area
+//! The JSON API: account signup, login and tokens, users and credentials, groups, service
+//! sign-ups and plans, policies. Each area
 //! has its own file with its handlers and the DTOs it reads and writes (the only serde types
 //! besides the raw config). Handlers authenticate and authorize through `server::authn` and
 //! `server::authorize`, call domain modules, and map errors through `server::rejection`.
 
 pub mod accounts;
 pub mod auth;
+pub mod groups;
 pub mod org;
 pub mod policies;
+pub mod services;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -106,6 +109,30 @@ pub async fn handle(
         }
         (Method::POST, ["handshakes", id, "cancel"]) => {
             org::handshake_action(app, req, id, HandshakeAction::Cancel).await
+        }
+        (Method::POST, ["accounts", account, "groups"]) => groups::create(app, req, account).await,
+        (Method::GET, ["accounts", account, "groups"]) => groups::list(app, req, account).await,
+        (Method::DELETE, ["accounts", account, "groups", group]) => {
+            groups::delete(app, req, account, group).await
+        }
+        (Method::PUT, ["accounts", account, "groups", group, "members", user]) => {
+            groups::add_member(app, req, account, group, user).await
+        }
+        (Method::DELETE, ["accounts", account, "groups", group, "members", user]) => {
+            groups::remove_member(app, req, account, group, user).await
+        }
+        (Method::GET, ["accounts", account, "services"]) => services::list(app, req, account).await,
+        (Method::POST, ["accounts", account, "services", service, "signup"]) => {
+            services::sign_up(app, req, account, service).await
+        }
+        (Method::DELETE, ["accounts", account, "services", service, "signup"]) => {
+            services::sign_off(app, req, account, service).await
+        }
+        (Method::PUT, ["accounts", account, "services", service, "plan"]) => {
+            services::put_plan(app, req, account, service).await
+        }
+        (Method::DELETE, ["accounts", account, "services", service, "plan"]) => {
+            services::delete_plan(app, req, account, service).await
         }
         (Method::GET, ["policies"]) => policies::describe(app, req).await,
         (Method::POST, ["policies", "reload"]) => policies::reload(app, req).await,

@@ -20,5 +20,6 @@ pub mod journal;
 pub mod metrics;
 pub mod org;
 pub mod server;
+pub mod services;
 pub mod store;
 pub mod upstream;

@@ -1,11 +1,13 @@
 //! Durable state. Everything the gateway must remember lives behind these traits, never in
-//! memory alone: accounts, users, organizations, the ledger, the decision log.
+//! memory alone: accounts, users, groups, organizations, service sign-ups and plans, the ledger,
+//! the decision log.
 //!
 //! `sqlite` is the embedded default (one file in the data dir). A PostgreSQL implementation
 //! satisfies the same traits for a fleet of instances. Domain modules call the traits; only this
 //! module knows SQL.
 
 pub mod accounts;
+pub mod services;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -32,9 +34,9 @@ pub trait Health: Send + Sync {
 }
 
 /// The store as the rest of the gateway sees it.
-pub trait Store: Health + accounts::AccountStore {}
+pub trait Store: Health + accounts::AccountStore + services::ServiceStore {}
 
-impl<T: Health + accounts::AccountStore> Store for T {}
+impl<T: Health + accounts::AccountStore + services::ServiceStore> Store for T {}
 
 pub type SharedStore = Arc<dyn Store>;
 

@@ -181,6 +181,7 @@ async fn forward(
         },
     )?;
     outcome.decision = "allow";
+    crate::api::services::require_signed_up(app, &caller, &matched.service).await?;
 
     if let (Some(limit), Some(length)) = (route.max_body, content_length(&request)?)
         && length > limit

@@ -305,3 +305,16 @@ impl From<crate::org::OrgError> for Rejection {
         }
     }
 }
+
+impl From<crate::services::ServicesError> for Rejection {
+    fn from(e: crate::services::ServicesError) -> Self {
+        use crate::services::ServicesError;
+        match e {
+            ServicesError::Store(e) => e.into(),
+            // The config and the stored plans disagree: the operator's to fix, not the caller's.
+            ServicesError::InvalidPlan { .. } | ServicesError::PlanNotConfigured { .. } => {
+                Rejection::internal(&e)
+            }
+        }
+    }
+}

@@ -1,5 +1,5 @@
 //! What the store remembers about accounts and their users: identity, credentials, login
-//! attempts, MFA state, access keys, revoked tokens. Records here are plain data; the rules
+//! attempts, MFA state, access keys, revoked tokens, groups and their members. Records here are plain data; the rules
 //! (policies, lockout, TOTP) live in `auth`.
 
 use chrono::{DateTime, Utc};
@@ -93,6 +93,24 @@ impl RecordedFailure {
     pub fn locked_the_user(&self, now: DateTime<Utc>) -> bool {
         !self.before.is_locked(now) && self.after.is_locked(now)
     }
+}
+
+/// A group of an account's users (U10), with its members' names as they were created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub name: GroupName,
+    pub created_at: DateTime<Utc>,
+    pub members: Vec<UserName>,
+}
+
+/// What adding a user to a group, or removing one, did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupMemberChange {
+    Changed,
+    /// Already a member (adding) or not a member (removing); nothing written.
+    Unchanged,
+    NoSuchGroup,
+    NoSuchUser,
 }
 
 /// Accounts and users, as the auth API and the pipeline use them.
@@ -213,6 +231,34 @@ pub trait AccountStore: Send + Sync {
         user: &UserName,
         id: &AccessKeyId,
     ) -> Result<bool, StoreError>;
+    /// Fails with `Conflict` when the account has a group of that name, whatever its case.
+    async fn create_group(
+        &self,
+        account: &AccountId,
+        group: &GroupName,
+        now: DateTime<Utc>,
+    ) -> Result<GroupRecord, StoreError>;
+    /// The account's groups with their members, by name (case-folded).
+    async fn groups(&self, account: &AccountId) -> Result<Vec<GroupRecord>, StoreError>;
+    /// Deletes a group and its memberships; true when it existed.
+    async fn delete_group(
+        &self,
+        account: &AccountId,
+        group: &GroupName,
+    ) -> Result<bool, StoreError>;
+    async fn add_group_member(
+        &self,
+        account: &AccountId,
+        group: &GroupName,
+        user: &UserName,
+        now: DateTime<Utc>,
+    ) -> Result<GroupMemberChange, StoreError>;
+    async fn remove_group_member(
+        &self,
+        account: &AccountId,
+        group: &GroupName,
+        user: &UserName,
+    ) -> Result<GroupMemberChange, StoreError>;
     /// Remembers a logged-out token until it would have expired anyway.
     async fn revoke_token(
         &self,

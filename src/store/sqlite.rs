@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod org;
+pub mod services;
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -215,6 +216,31 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX decisions_account_action ON decisions(account_id, action, seq);
      CREATE INDEX decisions_account_decision ON decisions(account_id, decision, seq);
      CREATE INDEX decisions_time ON decisions(time);",
+    // 4: service sign-ups and plan periods (SPEC S1, S2), half-open intervals in unix ms; at
+    // most one open period per (account, service), enforced by the partial unique indexes.
+    "CREATE TABLE service_signups (
+        id INTEGER PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        service TEXT NOT NULL,
+        signed_up_at INTEGER NOT NULL,
+        signed_off_at INTEGER,
+        CHECK (signed_off_at IS NULL OR signed_off_at >= signed_up_at)
+     ) STRICT;
+     CREATE UNIQUE INDEX service_signups_open
+        ON service_signups(account_id, service) WHERE signed_off_at IS NULL;
+     CREATE INDEX service_signups_account ON service_signups(account_id, service, signed_up_at);
+     CREATE TABLE plan_periods (
+        id INTEGER PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        service TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        CHECK (ended_at IS NULL OR ended_at >= started_at)
+     ) STRICT;
+     CREATE UNIQUE INDEX plan_periods_open
+        ON plan_periods(account_id, service) WHERE ended_at IS NULL;
+     CREATE INDEX plan_periods_account ON plan_periods(account_id, started_at);",
 ];
 
 /// The embedded SQLite store.

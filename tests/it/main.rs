@@ -11,6 +11,8 @@ mod support;
 mod auth;
 mod config_errors;
 mod forwarding;
+mod groups;
 mod ops;
 mod org;
 mod policies;
+mod services;

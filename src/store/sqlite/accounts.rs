@@ -10,8 +10,8 @@ use crate::authz::{FeatureSet, OrgMembership};
 use crate::ids::{AccountId, GroupName, OrgId, UserName};
 use crate::store::StoreError;
 use crate::store::accounts::{
-    AccessKeyRecord, AccountRecord, AccountStore, MfaState, NewAccount, PrincipalRecord,
-    RecordedFailure, UserRecord,
+    AccessKeyRecord, AccountRecord, AccountStore, GroupMemberChange, GroupRecord, MfaState,
+    NewAccount, PrincipalRecord, RecordedFailure, UserRecord,
 };
 
 use super::{SqliteStore, from_ms, to_ms};
@@ -181,6 +181,34 @@ pub fn current_organization(
         management_account: AccountId::parse(&management)
             .map_err(|_| corrupt("management account"))?,
     }))
+}
+
+/// Whether the group and the user exist, read inside a change's transaction.
+fn group_and_user(
+    tx: &Transaction<'_>,
+    account: &AccountId,
+    group_key: &str,
+    user_key: &str,
+) -> Result<Option<GroupMemberChange>, StoreError> {
+    let exists = |sql: &str, key: &str| -> Result<bool, StoreError> {
+        Ok(tx
+            .query_row(sql, params![account.as_str(), key], |_| Ok(()))
+            .optional()?
+            .is_some())
+    };
+    if !exists(
+        "SELECT 1 FROM groups WHERE account_id = ?1 AND name_key = ?2",
+        group_key,
+    )? {
+        return Ok(Some(GroupMemberChange::NoSuchGroup));
+    }
+    if !exists(
+        "SELECT 1 FROM users WHERE account_id = ?1 AND name_key = ?2",
+        user_key,
+    )? {
+        return Ok(Some(GroupMemberChange::NoSuchUser));
+    }
+    Ok(None)
 }
 
 #[async_trait::async_trait]
@@ -615,6 +643,146 @@ impl AccountStore for SqliteStore {
                 params![id.as_str(), account.as_str(), key],
             )?;
             Ok(deleted == 1)
+        })
+        .await
+    }
+
+    async fn create_group(
+        &self,
+        account: &AccountId,
+        group: &GroupName,
+        now: DateTime<Utc>,
+    ) -> Result<GroupRecord, StoreError> {
+        let (account, group) = (account.clone(), group.clone());
+        self.call(move |conn| {
+            let inserted = conn.execute(
+                "INSERT INTO groups (account_id, name_key, name, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (account_id, name_key) DO NOTHING",
+                params![account.as_str(), group.key(), group.as_str(), to_ms(now)],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "group `{group}` already exists in account {account}"
+                )));
+            }
+            Ok(GroupRecord {
+                name: group,
+                created_at: now,
+                members: Vec::new(),
+            })
+        })
+        .await
+    }
+
+    async fn groups(&self, account: &AccountId) -> Result<Vec<GroupRecord>, StoreError> {
+        let account = account.clone();
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let corrupt = |what: &str| StoreError::Corrupt(format!("account {account}: bad {what}"));
+            let mut groups: Vec<(String, GroupRecord)> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT name_key, name, created_at FROM groups WHERE account_id = ?1 ORDER BY name_key",
+                )?;
+                let rows = stmt
+                    .query_map(params![account.as_str()], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows.into_iter()
+                    .map(|(key, name, created_at)| {
+                        let name = GroupName::parse(&name).map_err(|_| corrupt("group name"))?;
+                        Ok((key, GroupRecord { name, created_at: from_ms(created_at), members: Vec::new() }))
+                    })
+                    .collect::<Result<_, StoreError>>()?
+            };
+            let mut stmt = tx.prepare_cached(
+                "SELECT m.group_key, u.name FROM group_members m JOIN users u
+                   ON u.account_id = m.account_id AND u.name_key = m.user_key
+                 WHERE m.account_id = ?1 ORDER BY m.group_key, m.user_key",
+            )?;
+            let members = stmt
+                .query_map(params![account.as_str()], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            for (group_key, user) in members {
+                let user = UserName::parse(&user).map_err(|_| corrupt("user name"))?;
+                if let Some((_, g)) = groups.iter_mut().find(|(k, _)| *k == group_key) {
+                    g.members.push(user);
+                }
+            }
+            Ok(groups.into_iter().map(|(_, g)| g).collect())
+        })
+        .await
+    }
+
+    async fn delete_group(
+        &self,
+        account: &AccountId,
+        group: &GroupName,
+    ) -> Result<bool, StoreError> {
+        let (account, key) = (account.clone(), group.key());
+        self.call(move |conn| {
+            // Memberships go with it (ON DELETE CASCADE).
+            let deleted = conn.execute(
+                "DELETE FROM groups WHERE account_id = ?1 AND name_key = ?2",
+                params![account.as_str(), key],
+            )?;
+            Ok(deleted == 1)
+        })
+        .await
+    }
+
+    async fn add_group_member(
+        &self,
+        account: &AccountId,
+        group: &GroupName,
+        user: &UserName,
+        now: DateTime<Utc>,
+    ) -> Result<GroupMemberChange, StoreError> {
+        let (account, group_key, user_key) = (account.clone(), group.key(), user.key());
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if let Some(missing) = group_and_user(&tx, &account, &group_key, &user_key)? {
+                return Ok(missing);
+            }
+            let inserted = tx.execute(
+                "INSERT INTO group_members (account_id, group_key, user_key, added_at)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                params![account.as_str(), group_key, user_key, to_ms(now)],
+            )?;
+            tx.commit()?;
+            Ok(if inserted == 1 {
+                GroupMemberChange::Changed
+            } else {
+                GroupMemberChange::Unchanged
+            })
+        })
+        .await
+    }
+
+    async fn remove_group_member(
+        &self,
+        account: &AccountId,
+        group: &GroupName,
+        user: &UserName,
+    ) -> Result<GroupMemberChange, StoreError> {
+        let (account, group_key, user_key) = (account.clone(), group.key(), user.key());
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if let Some(missing) = group_and_user(&tx, &account, &group_key, &user_key)? {
+                return Ok(missing);
+            }
+            let deleted = tx.execute(
+                "DELETE FROM group_members WHERE account_id = ?1 AND group_key = ?2 AND user_key = ?3",
+                params![account.as_str(), group_key, user_key],
+            )?;
+            tx.commit()?;
+            Ok(if deleted == 1 {
+                GroupMemberChange::Changed
+            } else {
+                GroupMemberChange::Unchanged
+            })
         })
         .await
     }

@@ -1,0 +1,157 @@
+//! The services an account uses (SPEC S1, S2), as the bill and the API see them: the configured
+//! plans turned into [`billing::Plan`]s, and an account's plan periods of one month, either as
+//! exact intervals ([`plan_periods`]) or ready for the bill ([`account_plans`]).
+//!
+//! Owns the link between config (which services need a sign-up, which plans they offer) and the
+//! stored periods. It must not know HTTP, and it does no money arithmetic: `billing::plan` does.
+
+use chrono::{DateTime, Utc};
+
+use crate::billing::{
+    AccountPlans, BillingMonth, Money, Plan, PlanPeriod, RawPercentTier, RawPlan,
+};
+use crate::config::{PlanConfig, ServiceConfig};
+use crate::ids::AccountId;
+use crate::store::StoreError;
+use crate::store::services::ServiceStore;
+
+/// A plan period inside one month: `[from, until)`, both within the month.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonthPlanPeriod {
+    pub service: String,
+    pub plan: String,
+    pub from: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServicesError {
+    /// A configured plan that `billing::Plan` refuses (config checks the numbers, not the name).
+    #[error("plan `{plan}` of service `{service}` is invalid: {problems}")]
+    InvalidPlan {
+        service: String,
+        plan: String,
+        problems: String,
+    },
+    /// An account had a plan that the config no longer offers: it cannot be priced. Keep a plan
+    /// in the config until no account has it in an open month.
+    #[error(
+        "account {account} had plan `{plan}` of service `{service}` in {month}, but the config no longer offers it"
+    )]
+    PlanNotConfigured {
+        account: AccountId,
+        service: String,
+        plan: String,
+        month: BillingMonth,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The configured plan `plan` of `service`, if it offers one.
+pub fn find_plan<'a>(
+    services: &'a [ServiceConfig],
+    service: &str,
+    plan: &str,
+) -> Option<&'a PlanConfig> {
+    services
+        .iter()
+        .find(|s| s.name == service)
+        .and_then(|s| s.plans.iter().find(|p| p.name == plan))
+}
+
+/// A configured plan as the bill prices it.
+pub fn plan_from_config(service: &str, plan: &PlanConfig) -> Result<Plan, ServicesError> {
+    let minimum = plan.monthly_minimum.to_string();
+    let tiers: Vec<(Option<String>, String)> = plan
+        .usage_percent_tiers
+        .iter()
+        .map(|(up_to, percent)| (up_to.map(|u| u.to_string()), percent.to_string()))
+        .collect();
+    let raw = RawPlan {
+        name: &plan.name,
+        monthly_minimum: Some(&minimum),
+        usage_percent_tiers: tiers
+            .iter()
+            .map(|(up_to, percent)| RawPercentTier {
+                up_to: up_to.as_deref(),
+                percent,
+            })
+            .collect(),
+    };
+    Plan::parse(&raw).map_err(|errors| ServicesError::InvalidPlan {
+        service: service.to_owned(),
+        plan: plan.name.clone(),
+        problems: errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
+}
+
+/// The account's plan periods in `month`, clipped to it, by service then start: what the bill
+/// reads. A change at 15:00 on the 10th ends one period and starts the next at that instant.
+pub async fn plan_periods(
+    store: &dyn ServiceStore,
+    account: &AccountId,
+    month: BillingMonth,
+) -> Result<Vec<MonthPlanPeriod>, StoreError> {
+    let (start, end) = (month.start(), month.end());
+    Ok(store
+        .plan_periods(account, start, end)
+        .await?
+        .into_iter()
+        .filter_map(|p| {
+            let (from, until) = p.clipped(start, end)?;
+            Some(MonthPlanPeriod {
+                service: p.service,
+                plan: p.plan,
+                from,
+                until,
+            })
+        })
+        .collect())
+}
+
+/// The account's plans of `month` as the bill takes them: one [`AccountPlans`] per service,
+/// each period with its active days ([`BillingMonth::active_days`]: a day counts for the plan
+/// active at its start or chosen during it). `other_charges_elsewhere` is left at zero: only
+/// the bill knows the account's charges on other payers' bills.
+pub async fn account_plans(
+    store: &dyn ServiceStore,
+    services: &[ServiceConfig],
+    account: &AccountId,
+    month: BillingMonth,
+) -> Result<Vec<AccountPlans>, ServicesError> {
+    let mut out: Vec<AccountPlans> = Vec::new();
+    for period in plan_periods(store, account, month).await? {
+        let config = find_plan(services, &period.service, &period.plan).ok_or_else(|| {
+            ServicesError::PlanNotConfigured {
+                account: account.clone(),
+                service: period.service.clone(),
+                plan: period.plan.clone(),
+                month,
+            }
+        })?;
+        let plan = plan_from_config(&period.service, config)?;
+        let until = (period.until < month.end()).then_some(period.until);
+        let active_days = month.active_days(period.from, until);
+        if active_days == 0 {
+            continue;
+        }
+        // Periods come by service, so a service's entry is the last one or a new one.
+        if out.last().is_none_or(|a| a.service != period.service) {
+            out.push(AccountPlans {
+                account_id: account.clone(),
+                service: period.service.clone(),
+                periods: Vec::new(),
+                other_charges_elsewhere: Money::ZERO,
+            });
+        }
+        if let Some(entry) = out.last_mut() {
+            entry.periods.push(PlanPeriod { plan, active_days });
+        }
+    }
+    Ok(out)
+}
