@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand under `cli/`. `main` parses, then calls `run`.
 
+pub mod demo;
 pub mod policy;
 pub mod serve;
 
@@ -33,6 +34,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve(serve::ServeArgs),
+    /// Run the gateway with demo services and a demo organization, and print a walkthrough.
+    Demo(demo::DemoArgs),
+    /// Print the current code of a TOTP secret.
+    Totp(demo::TotpArgs),
     /// Check policy trees offline.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -56,5 +61,7 @@ pub fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Policy(command) => policy::run(command),
+        Command::Demo(args) => demo::run(args),
+        Command::Totp(args) => demo::totp(args),
     }
 }

@@ -15,6 +15,7 @@ pub mod chain;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod ids;
 pub mod journal;
 pub mod metrics;

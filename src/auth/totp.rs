@@ -109,6 +109,14 @@ pub fn step_at(now: DateTime<Utc>) -> Result<u64, TotpError> {
     Ok(seconds / STEP_SECONDS)
 }
 
+/// The code an authenticator shows at `now` (for `tollgate totp` and the demo).
+pub fn code_at(secret: &TotpSecret, now: DateTime<Utc>) -> Result<String, TotpError> {
+    let step = step_at(now)?;
+    Ok(secret
+        .totp(None)?
+        .generate(step.saturating_mul(STEP_SECONDS)))
+}
+
 /// Checks `code` at `now` and returns the step it was accepted for, which the caller stores as
 /// the user's new `last_accepted_step`. A code is accepted for the current step or one step
 /// either side, and only if that step is later than `last_accepted_step` (no replay, and no
@@ -143,3 +151,18 @@ pub fn verify(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod code_tests {
+    use super::*;
+
+    #[test]
+    fn code_at_matches_the_rfc_vectors_and_verifies() {
+        let secret = TotpSecret::from_base32("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ").unwrap();
+        let at = |t: i64| DateTime::from_timestamp(t, 0).unwrap();
+        assert_eq!(code_at(&secret, at(59)).unwrap(), "287082");
+        assert_eq!(code_at(&secret, at(1_111_111_109)).unwrap(), "081804");
+        let code = code_at(&secret, at(1_700_000_000)).unwrap();
+        assert!(verify(&secret, &code, at(1_700_000_000), None).is_ok());
+    }
+}

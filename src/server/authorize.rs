@@ -88,15 +88,21 @@ pub fn request_for(app: &App, caller: &Caller, facts: Facts<'_>) -> Request {
 
 fn denied(caller: &Caller, action: &str, tier: Option<Tier>) -> Rejection {
     let user = &caller.principal.user;
-    let by = match tier {
-        Some(Tier::Organization) => "the organization's guardrails",
-        _ => "the account's policies",
+    let (by, who) = match tier {
+        Some(Tier::Organization) => (
+            "the organization's guardrails",
+            "ask the organization's management account",
+        ),
+        _ => (
+            "the account's policies",
+            "ask an administrator of the account",
+        ),
     };
     let mut rejection = Rejection::new(
         StatusCode::FORBIDDEN,
         "AccessDenied",
         format!(
-            "user `{}` of account {} may not perform `{action}`: {by} do not allow it; ask an administrator of the account",
+            "user `{}` of account {} may not perform `{action}`: {by} do not allow it; {who}",
             user.name, user.account_id
         ),
     );

@@ -851,8 +851,16 @@ fn start_binary() -> RunningBinary {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let shipped = std::fs::read_to_string(root.join("config/tollgate.toml")).expect("config");
-    let config = shipped
-        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+    // The upstreams must be down whatever else runs on this machine: a port just closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut config = shipped.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"");
+    for port in ["9101", "9102", "9103"] {
+        config = config.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{closed}"));
+    }
+    let config = config
         .replace(
             "data_dir = \"data\"",
             &format!(
