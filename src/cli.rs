@@ -1,5 +1,7 @@
 //! The command line: one file per subcommand under `cli/`. `main` parses, then calls `run`.
 
+pub mod bill;
+pub mod ledger;
 pub mod policy;
 pub mod serve;
 
@@ -36,6 +38,11 @@ pub enum Command {
     /// Check policy trees offline.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Print the bills of a month.
+    Bill(bill::BillArgs),
+    /// Check the ledger.
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
 }
 
 /// `--config FILE`, shared by every subcommand that reads state.
@@ -56,5 +63,7 @@ pub fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Policy(command) => policy::run(command),
+        Command::Bill(args) => bill::run(args),
+        Command::Ledger(command) => ledger::run(command),
     }
 }
