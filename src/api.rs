@@ -1,11 +1,12 @@
 //! The JSON API: account signup, login and tokens, users and credentials, groups, service
-//! sign-ups and plans, policies. Each area
+//! sign-ups and plans, bills, policies. Each area
 //! has its own file with its handlers and the DTOs it reads and writes (the only serde types
 //! besides the raw config). Handlers authenticate and authorize through `server::authn` and
 //! `server::authorize`, call domain modules, and map errors through `server::rejection`.
 
 pub mod accounts;
 pub mod auth;
+pub mod billing;
 pub mod groups;
 pub mod org;
 pub mod policies;
@@ -133,6 +134,10 @@ pub async fn handle(
         }
         (Method::DELETE, ["accounts", account, "services", service, "plan"]) => {
             services::delete_plan(app, req, account, service).await
+        }
+        (Method::GET, ["billing", "bills", month]) => billing::get(app, req, month).await,
+        (Method::POST, ["billing", "bills", month, "finalize"]) => {
+            billing::finalize(app, req, month).await
         }
         (Method::GET, ["policies"]) => policies::describe(app, req).await,
         (Method::POST, ["policies", "reload"]) => policies::reload(app, req).await,

@@ -1,6 +1,8 @@
 //! The command line: one file per subcommand under `cli/`. `main` parses, then calls `run`.
 
+pub mod bill;
 pub mod demo;
+pub mod ledger;
 pub mod policy;
 pub mod serve;
 
@@ -41,6 +43,11 @@ pub enum Command {
     /// Check policy trees offline.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Print the bills of a month.
+    Bill(bill::BillArgs),
+    /// Check the ledger.
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
 }
 
 /// `--config FILE`, shared by every subcommand that reads state.
@@ -63,5 +70,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Policy(command) => policy::run(command),
         Command::Demo(args) => demo::run(args),
         Command::Totp(args) => demo::totp(args),
+        Command::Bill(args) => bill::run(args),
+        Command::Ledger(command) => ledger::run(command),
     }
 }

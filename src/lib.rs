@@ -10,6 +10,7 @@ pub mod app;
 pub mod auth;
 pub mod authz;
 pub mod billing;
+pub mod bills;
 pub mod body;
 pub mod chain;
 pub mod cli;

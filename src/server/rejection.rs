@@ -318,3 +318,60 @@ impl From<crate::services::ServicesError> for Rejection {
         }
     }
 }
+
+impl From<crate::bills::BillsError> for Rejection {
+    fn from(e: crate::bills::BillsError) -> Self {
+        use crate::bills::BillsError;
+        match e {
+            BillsError::FutureMonth { .. } => Rejection::not_found(
+                "NoSuchBill",
+                format!("{e}; bills exist from the first day of their month"),
+            ),
+            BillsError::NoSuchBill { .. } => Rejection::not_found(
+                "NoSuchBill",
+                format!("{e}; `also_billed_to` of GET /billing/bills/{{month}} lists the payers"),
+            ),
+            BillsError::TooEarly { wait_secs, .. } => {
+                let mut r = Rejection::new(
+                    StatusCode::CONFLICT,
+                    "FinalizeTooEarly",
+                    format!("{e}; retry then"),
+                );
+                r.retry_after_secs = Some(wait_secs);
+                r
+            }
+            BillsError::NotPayer { .. } => {
+                Rejection::new(StatusCode::FORBIDDEN, "AccessDenied", e.to_string())
+            }
+            BillsError::AlreadyFinal { .. } => Rejection::new(
+                StatusCode::CONFLICT,
+                "BillAlreadyFinal",
+                format!("{e}; a FINAL bill never changes, late records go to the next open month"),
+            ),
+            BillsError::LedgerBusy { .. } => {
+                let mut r = Rejection::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "LedgerBusy",
+                    format!("{e}; retry"),
+                );
+                r.retry_after_secs = Some(1);
+                r
+            }
+            BillsError::Journal(e) => {
+                tracing::error!(error = %e, "ledger read failed for a bill");
+                let mut r = Rejection::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "LedgerUnavailable",
+                    "the gateway cannot read its ledger right now; retry later",
+                );
+                r.retry_after_secs = Some(1);
+                r
+            }
+            BillsError::Org(e) => e.into(),
+            BillsError::Services(e) => e.into(),
+            BillsError::SealMismatch { .. } | BillsError::Prices(_) | BillsError::Bill(_) => {
+                Rejection::internal(&e)
+            }
+        }
+    }
+}

@@ -169,7 +169,7 @@ impl Route {
 }
 
 /// The configured prices as billing's type (config has already checked their syntax).
-fn route_price(p: &PriceConfig) -> Result<RoutePrice, String> {
+pub(crate) fn route_price(p: &PriceConfig) -> Result<RoutePrice, String> {
     let strings = [p.per_request, p.per_gb_in, p.per_gb_out].map(|d| d.map(|d| d.to_string()));
     let tier_prices: Vec<String> = p
         .per_request_tiers

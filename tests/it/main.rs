@@ -9,6 +9,7 @@
 mod support;
 
 mod auth;
+mod billing;
 mod config_errors;
 mod forwarding;
 mod groups;

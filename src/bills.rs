@@ -1,0 +1,572 @@
+//! Bill assembly (SPEC M3–M6, S2): the glue between the journal (what was metered and booked),
+//! the organizations (who was billed to whom, when), the services (plans) and the pure
+//! arithmetic in `billing`.
+//!
+//! Owns deciding which accounts are on a payer's bill, which of an account's payers' bills it
+//! may see, reading everything a bill is computed from, sealing a month FINAL and checking that
+//! a FINAL bill still computes to its seal. It must not know HTTP (the API and the CLI render
+//! what it returns) and it does no money arithmetic of its own (`billing::compute_bill` does).
+//!
+//! Reads go through a fresh read-only connection per bill (SQLite WAL: a consistent snapshot
+//! while the gateway writes), on the blocking pool, so the CLI can run next to a live gateway.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::{Connection, params};
+
+use crate::billing::{
+    Bill, BillError, BillInput, BillStatus, BillingMonth, Money, RouteKey, RoutePrice, Unit,
+};
+use crate::config::{Config, ServiceConfig};
+use crate::ids::AccountId;
+use crate::journal::{
+    FinalMonth, FinalizeError, Journal, JournalError, account_names, final_month, open_reader,
+    usage_for_bill,
+};
+use crate::org::{MembershipRole, MembershipScope, OrgError, OrgService};
+use crate::services::{self, ServicesError};
+use crate::store::sqlite::{SqliteStore, to_ms};
+
+/// How many times finalizing recomputes a bill whose month gained records meanwhile.
+const FINALIZE_ATTEMPTS: usize = 5;
+
+/// Everything bills are assembled from, borrowed from the app (or the CLI's own copies).
+pub struct Bills<'a> {
+    db_path: PathBuf,
+    store: &'a SqliteStore,
+    orgs: &'a OrgService,
+    services: &'a [ServiceConfig],
+    prices: BTreeMap<RouteKey, RoutePrice>,
+    finalize_grace: Duration,
+}
+
+/// A payer's bill for a month, as of one ledger snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// The consolidated bill, or one account's view of it (`billed_to` set).
+    pub bill: Bill,
+    /// The last ledger record the bill was computed from.
+    pub through_seq: u64,
+    /// Present when the month is FINAL: the content hash of the consolidated bill.
+    pub seal: Option<FinalMonth>,
+}
+
+/// What one account sees for a month: one bill, and the other payers its lines are on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountView {
+    pub statement: Statement,
+    /// Other payers whose bill of the month has lines of this account (it changed payer).
+    pub also_billed_to: Vec<AccountId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BillsError {
+    #[error("the month `{month}` has not begun yet")]
+    FutureMonth { month: BillingMonth },
+    #[error("account {account} has no lines on a {month} bill of payer {payer}")]
+    NoSuchBill {
+        account: AccountId,
+        payer: AccountId,
+        month: BillingMonth,
+    },
+    #[error(
+        "the {month} bill can be finalized from {earliest} on (the month's end plus the grace period)"
+    )]
+    TooEarly {
+        month: BillingMonth,
+        earliest: DateTime<Utc>,
+        /// Seconds from the request until `earliest`.
+        wait_secs: u64,
+    },
+    #[error(
+        "the {month} charges of account {account} are billed to payer {payer}; only the payer finalizes its bill"
+    )]
+    NotPayer {
+        account: AccountId,
+        payer: AccountId,
+        month: BillingMonth,
+    },
+    #[error("the {month} bill of payer {payer} is already FINAL (content hash {content_hash})")]
+    AlreadyFinal {
+        payer: AccountId,
+        month: BillingMonth,
+        content_hash: String,
+    },
+    /// The inputs of a FINAL bill changed (prices or plans edited in the config): the bill is
+    /// not shown rather than shown different from what was sealed.
+    #[error(
+        "the FINAL {month} bill of payer {payer} no longer computes to its sealed content hash {sealed} (now {computed}); restore the prices and plans in force when it was finalized"
+    )]
+    SealMismatch {
+        payer: AccountId,
+        month: BillingMonth,
+        sealed: String,
+        computed: String,
+    },
+    #[error("the {month} bill of payer {payer} kept gaining records while it was finalized")]
+    LedgerBusy {
+        payer: AccountId,
+        month: BillingMonth,
+    },
+    #[error("invalid route price: {0}")]
+    Prices(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Org(#[from] OrgError),
+    #[error(transparent)]
+    Services(#[from] ServicesError),
+    #[error(transparent)]
+    Bill(#[from] BillError),
+}
+
+// === impl Bills ===
+
+impl<'a> Bills<'a> {
+    /// `db_path` is the store's database (`SqliteStore::path`).
+    pub fn new(
+        db_path: &Path,
+        store: &'a SqliteStore,
+        orgs: &'a OrgService,
+        config: &'a Config,
+    ) -> Result<Self, BillsError> {
+        Ok(Self {
+            db_path: db_path.to_owned(),
+            store,
+            orgs,
+            services: &config.services,
+            prices: prices(&config.services)?,
+            finalize_grace: crate::config::chrono_duration(config.billing.finalize_grace),
+        })
+    }
+
+    /// The payer's consolidated bill: every account billed to it that month, itself included.
+    /// A FINAL month is checked against its seal.
+    pub async fn statement(
+        &self,
+        payer: &AccountId,
+        month: BillingMonth,
+        now: DateTime<Utc>,
+    ) -> Result<Statement, BillsError> {
+        check_begun(month, now)?;
+        let seal = {
+            let payer = payer.clone();
+            self.read(move |c| final_month(c, &payer, month)).await?
+        };
+        let status = if seal.is_some() {
+            BillStatus::Final
+        } else {
+            BillStatus::Estimated
+        };
+        let (bill, through_seq) = self.compute(payer, month, now, status, true).await?;
+        if let Some(seal) = &seal {
+            let computed = bill.content_hash_hex();
+            if computed != seal.content_hash {
+                return Err(BillsError::SealMismatch {
+                    payer: payer.clone(),
+                    month,
+                    sealed: seal.content_hash.clone(),
+                    computed,
+                });
+            }
+        }
+        Ok(Statement {
+            bill,
+            through_seq,
+            seal,
+        })
+    }
+
+    /// What `account` sees for `month` (SPEC M4). By default the bill of its payer at the
+    /// month's end (for the current month: now): the consolidated bill when that is itself,
+    /// else only its own lines on that payer's bill, marked `billed_to`. `payer` picks another
+    /// of the month's payers; `also_billed_to` lists the others.
+    pub async fn view(
+        &self,
+        account: &AccountId,
+        month: BillingMonth,
+        now: DateTime<Utc>,
+        payer: Option<&AccountId>,
+    ) -> Result<AccountView, BillsError> {
+        check_begun(month, now)?;
+        let end_payer = self.end_payer(account, month, now).await?;
+        let payers = self.payers_of(account, month, &end_payer).await?;
+        let chosen = payer.cloned().unwrap_or(end_payer);
+        if &chosen != account && !payers.contains(&chosen) {
+            return Err(BillsError::NoSuchBill {
+                account: account.clone(),
+                payer: chosen,
+                month,
+            });
+        }
+        let mut statement = self.statement(&chosen, month, now).await?;
+        if &chosen != account {
+            statement.bill =
+                statement
+                    .bill
+                    .for_account(account)
+                    .ok_or_else(|| BillsError::NoSuchBill {
+                        account: account.clone(),
+                        payer: chosen.clone(),
+                        month,
+                    })?;
+        }
+        Ok(AccountView {
+            statement,
+            also_billed_to: payers.into_iter().filter(|p| p != &chosen).collect(),
+        })
+    }
+
+    /// Seals `account`'s own bill of `month` FINAL (SPEC M6): only after the month's end plus
+    /// the grace period, only by the payer. Late records are booked on the next open month by
+    /// the journal from the moment the seal commits.
+    pub async fn finalize(
+        &self,
+        journal: &Journal,
+        account: &AccountId,
+        month: BillingMonth,
+        now: DateTime<Utc>,
+    ) -> Result<Statement, BillsError> {
+        let earliest = month.end() + self.finalize_grace;
+        if now < earliest {
+            let wait_secs = u64::try_from((earliest - now).num_seconds())
+                .unwrap_or(0)
+                .max(1);
+            return Err(BillsError::TooEarly {
+                month,
+                earliest,
+                wait_secs,
+            });
+        }
+        let sealed = {
+            let payer = account.clone();
+            self.read(move |c| final_month(c, &payer, month)).await?
+        };
+        if let Some(seal) = sealed {
+            return Err(BillsError::AlreadyFinal {
+                payer: account.clone(),
+                month,
+                content_hash: seal.content_hash,
+            });
+        }
+        let end_payer = self.end_payer(account, month, now).await?;
+        if &end_payer != account {
+            let own = {
+                let a = account.clone();
+                self.read(move |c| ledger_payers_of(c, &a, month)).await?
+            };
+            if !own.contains(account) {
+                return Err(BillsError::NotPayer {
+                    account: account.clone(),
+                    payer: end_payer,
+                    month,
+                });
+            }
+        }
+        for _ in 0..FINALIZE_ATTEMPTS {
+            let (bill, through_seq) = self
+                .compute(account, month, now, BillStatus::Final, true)
+                .await?;
+            let hash = bill.content_hash_hex();
+            match journal.mark_final(account, month, &hash, through_seq).await {
+                Ok(seal) => {
+                    return Ok(Statement {
+                        bill,
+                        through_seq,
+                        seal: Some(seal),
+                    });
+                }
+                Err(FinalizeError::LedgerMoved { .. }) => continue,
+                Err(FinalizeError::AlreadyFinal { .. }) => {
+                    let payer = account.clone();
+                    let seal = self.read(move |c| final_month(c, &payer, month)).await?;
+                    return Err(BillsError::AlreadyFinal {
+                        payer: account.clone(),
+                        month,
+                        content_hash: seal.map(|s| s.content_hash).unwrap_or_default(),
+                    });
+                }
+                Err(FinalizeError::Journal(e)) => return Err(e.into()),
+            }
+        }
+        Err(BillsError::LedgerBusy {
+            payer: account.clone(),
+            month,
+        })
+    }
+
+    /// Every payer with a bill for `month`: payers of the month's ledger records, and the
+    /// payers (at the month's end) of accounts with a plan that month.
+    pub async fn payers(
+        &self,
+        month: BillingMonth,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AccountId>, BillsError> {
+        check_begun(month, now)?;
+        let (mut payers, planned) = self
+            .read(move |c| Ok((ledger_payers(c, month)?, accounts_with_plans(c, month)?)))
+            .await?;
+        for account in planned {
+            payers.insert(self.end_payer(&account, month, now).await?);
+        }
+        Ok(payers.into_iter().collect())
+    }
+
+    /// Computes the payer's bill; plans only when `with_plans` (another payer's bill is read
+    /// without them to find an account's charges elsewhere, which never include plans).
+    async fn compute(
+        &self,
+        payer: &AccountId,
+        month: BillingMonth,
+        now: DateTime<Utc>,
+        status: BillStatus,
+        with_plans: bool,
+    ) -> Result<(Bill, u64), BillsError> {
+        let usage = {
+            let payer = payer.clone();
+            self.read(move |c| usage_for_bill(c, &payer, month)).await?
+        };
+        let mut ids: BTreeSet<AccountId> = self.members(payer, month).await?;
+        ids.insert(payer.clone());
+        ids.extend(usage.usage.iter().map(|u| u.account_id.clone()));
+        ids.extend(usage.adjustments.iter().map(|a| a.usage.account_id.clone()));
+        let accounts = {
+            let ids = ids.clone();
+            self.read(move |c| account_names(c, &ids)).await?
+        };
+        let mut plans = Vec::new();
+        if with_plans {
+            for account in &ids {
+                if &self.end_payer(account, month, now).await? != payer {
+                    continue;
+                }
+                let mut own =
+                    services::account_plans(self.store, self.services, account, month).await?;
+                if own.is_empty() {
+                    continue;
+                }
+                let elsewhere =
+                    Box::pin(self.charges_elsewhere(account, payer, month, now)).await?;
+                for p in &mut own {
+                    p.other_charges_elsewhere = elsewhere;
+                }
+                plans.extend(own);
+            }
+        }
+        let input = BillInput {
+            month,
+            payer: payer.clone(),
+            status,
+            accounts,
+            usage: usage.usage,
+            prices: self.prices.clone(),
+            plans,
+            adjustments: usage.adjustments,
+        };
+        Ok((crate::billing::compute_bill(&input)?, usage.through_seq))
+    }
+
+    /// The account's usage charges of `month` on the bills of payers other than `payer`.
+    async fn charges_elsewhere(
+        &self,
+        account: &AccountId,
+        payer: &AccountId,
+        month: BillingMonth,
+        now: DateTime<Utc>,
+    ) -> Result<Money, BillsError> {
+        let others = {
+            let a = account.clone();
+            self.read(move |c| ledger_payers_of(c, &a, month)).await?
+        };
+        let mut sum = Money::ZERO;
+        for other in others.iter().filter(|o| *o != payer) {
+            let (bill, _) = self
+                .compute(other, month, now, BillStatus::Estimated, false)
+                .await?;
+            if let Some(on_it) = bill.account(account) {
+                for line in &on_it.lines {
+                    if line.original_month.is_none() && !matches!(line.unit, Unit::Plan(_)) {
+                        sum = sum.checked_add(line.amount).map_err(BillError::from)?;
+                    }
+                }
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Accounts that were members of an organization `payer` managed, during `month`.
+    async fn members(
+        &self,
+        payer: &AccountId,
+        month: BillingMonth,
+    ) -> Result<BTreeSet<AccountId>, BillsError> {
+        let (start, end) = (month.start(), month.end());
+        let mut out = BTreeSet::new();
+        let own = self
+            .orgs
+            .membership_periods(&MembershipScope::Account(payer.clone()), month, month)
+            .await?;
+        let managed: BTreeSet<_> = own
+            .iter()
+            .filter(|p| p.role == MembershipRole::Management && &p.management_account_id == payer)
+            .filter(|p| p.clipped(start, end).is_some())
+            .map(|p| p.organization_id.clone())
+            .collect();
+        for org in managed {
+            for period in self
+                .orgs
+                .membership_periods(&MembershipScope::Organization(org), month, month)
+                .await?
+            {
+                if period.clipped(start, end).is_some() {
+                    out.insert(period.account_id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Payers whose bill of `month` has lines of `account`: of its ledger records, of its
+    /// membership periods, and its payer at the month's end.
+    async fn payers_of(
+        &self,
+        account: &AccountId,
+        month: BillingMonth,
+        end_payer: &AccountId,
+    ) -> Result<BTreeSet<AccountId>, BillsError> {
+        let mut payers = {
+            let a = account.clone();
+            self.read(move |c| ledger_payers_of(c, &a, month)).await?
+        };
+        payers.insert(end_payer.clone());
+        let (start, end) = (month.start(), month.end());
+        for period in self
+            .orgs
+            .membership_periods(&MembershipScope::Account(account.clone()), month, month)
+            .await?
+        {
+            if matches!(period.role, MembershipRole::Member(_))
+                && period.clipped(start, end).is_some()
+            {
+                payers.insert(period.management_account_id);
+            }
+        }
+        Ok(payers)
+    }
+
+    /// The account's payer at the end of `month`, or now for the current month: the bill its
+    /// plans go on (S2).
+    async fn end_payer(
+        &self,
+        account: &AccountId,
+        month: BillingMonth,
+        now: DateTime<Utc>,
+    ) -> Result<AccountId, BillsError> {
+        let last = month.end() - Duration::milliseconds(1);
+        Ok(self.orgs.payer_at(account, now.min(last)).await?.payer)
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, JournalError> {
+        let path = self.db_path.clone();
+        tokio::task::spawn_blocking(move || f(&open_reader(&path)?))
+            .await
+            .map_err(|e| JournalError::Unavailable(format!("bill read task failed: {e}")))?
+    }
+}
+
+/// The configured prices by `(service, action)`; the first route of an action wins.
+pub fn prices(services: &[ServiceConfig]) -> Result<BTreeMap<RouteKey, RoutePrice>, BillsError> {
+    let mut out = BTreeMap::new();
+    for service in services {
+        for route in &service.routes {
+            let key = RouteKey::new(&service.name, &route.action);
+            if out.contains_key(&key) {
+                continue;
+            }
+            let price = crate::server::route::route_price(&route.price)
+                .map_err(|e| BillsError::Prices(format!("{} {}: {e}", service.name, route.path)))?;
+            out.insert(key, price);
+        }
+    }
+    Ok(out)
+}
+
+fn check_begun(month: BillingMonth, now: DateTime<Utc>) -> Result<(), BillsError> {
+    if month.start() > now {
+        return Err(BillsError::FutureMonth { month });
+    }
+    Ok(())
+}
+
+fn read_err(e: rusqlite::Error) -> JournalError {
+    JournalError::Unavailable(e.to_string())
+}
+
+fn parse_ids(ids: Vec<String>) -> Result<BTreeSet<AccountId>, JournalError> {
+    ids.into_iter()
+        .map(|id| {
+            AccountId::parse(&id)
+                .map_err(|e| JournalError::Corrupt(format!("ledger account `{id}`: {e}")))
+        })
+        .collect()
+}
+
+/// Payers of the records booked on `month`.
+fn ledger_payers(
+    conn: &Connection,
+    month: BillingMonth,
+) -> Result<BTreeSet<AccountId>, JournalError> {
+    let mut stmt = conn
+        .prepare("SELECT DISTINCT payer_account_id FROM ledger WHERE billing_month = ?1")
+        .map_err(read_err)?;
+    let ids = stmt
+        .query_map([month.to_string()], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(read_err)?;
+    parse_ids(ids)
+}
+
+/// Payers of `account`'s records booked on `month`.
+fn ledger_payers_of(
+    conn: &Connection,
+    account: &AccountId,
+    month: BillingMonth,
+) -> Result<BTreeSet<AccountId>, JournalError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT DISTINCT payer_account_id FROM ledger WHERE account_id = ?1 AND billing_month = ?2",
+        )
+        .map_err(read_err)?;
+    let ids = stmt
+        .query_map(params![account.as_str(), month.to_string()], |r| {
+            r.get::<_, String>(0)
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(read_err)?;
+    parse_ids(ids)
+}
+
+/// Accounts with a plan period overlapping `month`.
+fn accounts_with_plans(
+    conn: &Connection,
+    month: BillingMonth,
+) -> Result<BTreeSet<AccountId>, JournalError> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT DISTINCT account_id FROM plan_periods
+             WHERE started_at < ?2 AND (ended_at IS NULL OR ended_at > ?1)",
+        )
+        .map_err(read_err)?;
+    let ids = stmt
+        .query_map(params![to_ms(month.start()), to_ms(month.end())], |r| {
+            r.get::<_, String>(0)
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(read_err)?;
+    parse_ids(ids)
+}
