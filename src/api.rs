@@ -1,11 +1,12 @@
 //! The JSON API: account signup, login and tokens, users and credentials, groups, service
-//! sign-ups and plans, policies. Each area
+//! sign-ups and plans, policies, decisions. Each area
 //! has its own file with its handlers and the DTOs it reads and writes (the only serde types
 //! besides the raw config). Handlers authenticate and authorize through `server::authn` and
 //! `server::authorize`, call domain modules, and map errors through `server::rejection`.
 
 pub mod accounts;
 pub mod auth;
+pub mod decisions;
 pub mod groups;
 pub mod org;
 pub mod policies;
@@ -135,6 +136,7 @@ pub async fn handle(
             services::delete_plan(app, req, account, service).await
         }
         (Method::GET, ["policies"]) => policies::describe(app, req).await,
+        (Method::GET, ["decisions"]) => decisions::list(app, req).await,
         (Method::POST, ["policies", "reload"]) => policies::reload(app, req).await,
         _ => Err(Rejection::not_found(
             "NotFound",

@@ -318,3 +318,15 @@ impl From<crate::services::ServicesError> for Rejection {
         }
     }
 }
+
+impl From<crate::journal::QueryError> for Rejection {
+    fn from(e: crate::journal::QueryError) -> Self {
+        use crate::journal::QueryError;
+        match e {
+            QueryError::InvalidLimit { .. } | QueryError::InvalidCursor => {
+                Rejection::bad_request("InvalidInput", e.to_string())
+            }
+            QueryError::Journal(j) => j.into(),
+        }
+    }
+}
