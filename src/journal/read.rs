@@ -534,8 +534,14 @@ pub(super) fn verify_table_from(
     prev_hash: Hash,
     canonical: impl Fn(&Row<'_>) -> rusqlite::Result<Vec<u8>>,
 ) -> Result<VerifySummary, VerifyError> {
-    let tx = conn.unchecked_transaction().map_err(unavailable)?;
-    let mut stmt = tx
+    // One read snapshot: our own, unless the caller already holds one (to read a checkpoint
+    // in the same snapshot).
+    let _tx = if conn.is_autocommit() {
+        Some(conn.unchecked_transaction().map_err(unavailable)?)
+    } else {
+        None
+    };
+    let mut stmt = conn
         .prepare(&format!(
             "SELECT seq, prev_hash, hash, {columns} FROM {table} ORDER BY seq"
         ))
