@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand under `cli/`. `main` parses, then calls `run`.
 
+pub mod decisions;
 pub mod policy;
 pub mod serve;
 
@@ -33,9 +34,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve(serve::ServeArgs),
-    /// Check policy trees offline.
+    /// Check policy trees offline, and a draft's impact on logged decisions.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Review the decision log: explain a decision, verify the chain, prune old records.
+    #[command(subcommand)]
+    Decisions(decisions::DecisionsCommand),
 }
 
 /// `--config FILE`, shared by every subcommand that reads state.
@@ -56,5 +60,6 @@ pub fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Policy(command) => policy::run(command),
+        Command::Decisions(command) => decisions::run(command),
     }
 }

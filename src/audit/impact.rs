@@ -171,3 +171,20 @@ pub fn replay(
         billed: total,
     })
 }
+
+/// How many service and API decisions lie in `[since, until)`, for progress reports.
+pub fn count_decisions(
+    conn: &Connection,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> Result<u64, AuditError> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM decisions WHERE kind IN ('service', 'api') AND time >= ?1 AND time < ?2",
+        rusqlite::params![
+            since.map_or(i64::MIN, crate::store::sqlite::to_ms),
+            until.map_or(i64::MAX, crate::store::sqlite::to_ms)
+        ],
+        |r| r.get(0),
+    )?;
+    Ok(n.max(0) as u64)
+}
