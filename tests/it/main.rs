@@ -10,6 +10,7 @@ mod support;
 
 mod auth;
 mod config_errors;
+mod decisions;
 mod forwarding;
 mod groups;
 mod ops;
