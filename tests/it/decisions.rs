@@ -825,6 +825,16 @@ async fn d5_prune_removes_old_records_under_a_checkpoint_and_verify_stays_green(
 
 // === P7 + D1: reload attempts ===
 
+/// request_id, account_id, user_name, policy_version, errors, request_json of a reload record.
+type ReloadRow = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    String,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p7_every_reload_attempt_is_recorded_with_its_trigger_and_who_asked() {
     let e = env().await;
@@ -862,14 +872,7 @@ async fn p7_every_reload_attempt_is_recorded_with_its_trigger_and_who_asked() {
     let mut stmt = conn
         .prepare("SELECT request_id, account_id, user_name, policy_version, errors, request_json FROM decisions WHERE kind = 'reload' ORDER BY seq")
         .unwrap();
-    let rows: Vec<(
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        String,
-        String,
-        String,
-    )> = stmt
+    let rows: Vec<ReloadRow> = stmt
         .query_map([], |r| {
             Ok((
                 r.get(0)?,
