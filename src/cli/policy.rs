@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::audit::{self, ImpactReport, impact};
 use crate::authz::{self, PolicySnapshot, Verdict, names};
+use crate::billing::Money;
 use crate::cli::decisions::{open_config, time};
 use crate::cli::exit;
 use crate::clock::{Clock, SystemClock};
@@ -212,6 +213,25 @@ fn parse_since(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     now.checked_sub_signed(chrono::Duration::from_std(age).ok()?)
 }
 
+/// An amount in cents (half away from zero); a non-zero amount under a cent shows as `<0.01`.
+fn cents(m: Money) -> String {
+    let rounded = m.round_cents();
+    if rounded.is_zero() && !m.is_zero() {
+        "<0.01".to_owned()
+    } else {
+        rounded.to_string()
+    }
+}
+
+/// An exact ledger sum, shown to at most 10 decimals.
+fn exact(m: Money) -> String {
+    let d = m
+        .as_decimal()
+        .round_dp_with_strategy(10, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+        .normalize();
+    Money::from_decimal(d).to_string()
+}
+
 fn verdict(v: Verdict) -> &'static str {
     match v {
         Verdict::Allow => "Allow",
@@ -280,7 +300,7 @@ fn render_impact(r: &ImpactReport, draft: &Path) -> String {
                 g.action.clone(),
                 format!("{} -> {}", verdict(g.before), verdict(g.after)),
                 g.count.to_string(),
-                g.billed.round_cents().to_string(),
+                cents(g.billed),
             ]);
         }
         out.push_str(&table(&rows, &[3, 4]));
@@ -310,7 +330,7 @@ fn render_impact(r: &ImpactReport, draft: &Path) -> String {
                 format!("{}/{}", f.account, f.user),
                 f.action.clone(),
                 format!("{} -> {}", verdict(f.before), verdict(f.after)),
-                f.billed.round_cents().to_string(),
+                cents(f.billed),
                 if determining.is_empty() {
                     format!("{by}no policy permits it")
                 } else {
@@ -322,12 +342,17 @@ fn render_impact(r: &ImpactReport, draft: &Path) -> String {
         out.push('\n');
     }
     out.push_str(&format!(
-        "summary: {} of {} decisions would change ({} Allow -> Deny, {} Deny -> Allow); billed amount of the affected calls: {} USD\n",
+        "summary: {} of {} decisions would change ({} Allow -> Deny, {} Deny -> Allow); billed amount of the affected calls: {} USD{}\n",
         r.flips.len(),
         r.replayed,
         r.allow_to_deny,
         r.deny_to_allow,
-        r.billed.round_cents()
+        cents(r.billed),
+        if r.billed.is_whole_cents() {
+            String::new()
+        } else {
+            format!(" (exactly {})", exact(r.billed))
+        }
     ));
     out
 }
