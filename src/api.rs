@@ -1,5 +1,5 @@
 //! The JSON API: account signup, login and tokens, users and credentials, groups, service
-//! sign-ups and plans, bills, policies. Each area
+//! sign-ups and plans, bills, policies, decisions. Each area
 //! has its own file with its handlers and the DTOs it reads and writes (the only serde types
 //! besides the raw config). Handlers authenticate and authorize through `server::authn` and
 //! `server::authorize`, call domain modules, and map errors through `server::rejection`.
@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod auth;
 pub mod billing;
+pub mod decisions;
 pub mod groups;
 pub mod org;
 pub mod policies;
@@ -140,6 +141,7 @@ pub async fn handle(
             billing::finalize(app, req, month).await
         }
         (Method::GET, ["policies"]) => policies::describe(app, req).await,
+        (Method::GET, ["decisions"]) => decisions::list(app, req).await,
         (Method::POST, ["policies", "reload"]) => policies::reload(app, req).await,
         _ => Err(Rejection::not_found(
             "NotFound",

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::audit::AuditObserver;
 use crate::auth::{KeyError, KeyRing, PasswordHasher, TokenIssuer};
 use crate::authz::{LoadFailure, PolicyStore};
 use crate::clock::SharedClock;
@@ -87,6 +88,15 @@ impl App {
         let routes = RouteTable::compile(&config).map_err(StartupError::Routes)?;
         let metrics = Arc::new(Metrics::new());
         let (journal, journal_task) = Journal::open(store.path(), clock.clone(), metrics.clone())?;
+        // Every tree that is ever active is archived before a decision can name its version
+        // (D3): the startup tree here, each reloaded one by the observer, before its swap.
+        archive_startup_tree(store.path(), &policies, clock.now());
+        policies.set_observer(Arc::new(AuditObserver::new(
+            store.path().to_owned(),
+            journal.clone(),
+            clock.clone(),
+            tokio::runtime::Handle::try_current().ok(),
+        )));
         let app = App {
             config,
             clock,
@@ -131,8 +141,16 @@ impl App {
             None
         };
         let sweeper = tokio::spawn(sweep_expired_handshakes(self.clone()));
+        let pruner = self
+            .config
+            .audit
+            .retention
+            .map(|retention| tokio::spawn(prune_decisions_daily(self.clone(), retention)));
         server::serve(self.clone(), listener, shutdown).await;
         sweeper.abort();
+        if let Some(pruner) = pruner {
+            pruner.abort();
+        }
         // Everything queued is committed before the process goes.
         if let Err(e) = self.journal.shutdown().await {
             tracing::error!(error = %e, "the journal did not shut down cleanly");
@@ -195,6 +213,42 @@ async fn sweep_expired_handshakes(app: Arc<App>) {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "handshakes expired"),
             Err(e) => tracing::warn!(error = %e, "handshake sweep failed"),
+        }
+    }
+}
+
+/// Archives the tree loaded at startup; a failure is logged (the gateway can still decide, but
+/// decisions under this version cannot be explained with its text unless it is archived later).
+fn archive_startup_tree(
+    db_path: &std::path::Path,
+    policies: &PolicyStore,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let snapshot = policies.load();
+    let result = crate::store::sqlite::open_connection(db_path)
+        .map_err(|e| crate::audit::AuditError::Store(e.to_string()))
+        .and_then(|conn| crate::audit::archive_snapshot(&conn, &snapshot, now));
+    if let Err(e) = result {
+        tracing::error!(version = snapshot.version(), error = %e, "cannot archive the policy tree");
+    }
+}
+
+/// `[audit] retention`: once a day, removes decision records older than the retention under
+/// a checkpoint (see `audit::retention`).
+async fn prune_decisions_daily(app: Arc<App>, retention: std::time::Duration) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(86_400));
+    loop {
+        every.tick().await;
+        let now = app.clock.now();
+        let cutoff = now - crate::config::chrono_duration(retention);
+        let path = app.store.path().to_owned();
+        match tokio::task::spawn_blocking(move || crate::audit::prune(&path, cutoff, now)).await {
+            Ok(Ok(report)) if report.removed > 0 => {
+                tracing::info!(removed = report.removed, "old decision records pruned")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "decision retention failed"),
+            Err(e) => tracing::error!(error = %e, "decision retention task failed"),
         }
     }
 }

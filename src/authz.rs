@@ -30,8 +30,8 @@ pub use request::{
     TargetUser,
 };
 pub use store::{
-    FailedReload, OrgStatus, OrgStatusKind, PolicyStore, PolicyWatcher, ReloadCounters,
-    ReloadTrigger, WATCH_DEBOUNCE,
+    FailedReload, OrgStatus, OrgStatusKind, PolicyStore, PolicyWatcher, ReloadAttempt,
+    ReloadCounters, ReloadObserver, ReloadRequester, ReloadTrigger, WATCH_DEBOUNCE,
 };
 
 #[cfg(test)]

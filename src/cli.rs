@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand under `cli/`. `main` parses, then calls `run`.
 
 pub mod bill;
+pub mod decisions;
 pub mod demo;
 pub mod ledger;
 pub mod policy;
@@ -40,14 +41,17 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Print the current code of a TOTP secret.
     Totp(demo::TotpArgs),
-    /// Check policy trees offline.
-    #[command(subcommand)]
-    Policy(policy::PolicyCommand),
     /// Print the bills of a month.
     Bill(bill::BillArgs),
     /// Check the ledger.
     #[command(subcommand)]
     Ledger(ledger::LedgerCommand),
+    /// Check policy trees offline, and a draft's impact on logged decisions.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Review the decision log: explain a decision, verify the chain, prune old records.
+    #[command(subcommand)]
+    Decisions(decisions::DecisionsCommand),
 }
 
 /// `--config FILE`, shared by every subcommand that reads state.
@@ -72,5 +76,6 @@ pub fn run(cli: Cli) -> u8 {
         Command::Totp(args) => demo::totp(args),
         Command::Bill(args) => bill::run(args),
         Command::Ledger(command) => ledger::run(command),
+        Command::Decisions(command) => decisions::run(command),
     }
 }

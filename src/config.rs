@@ -28,6 +28,7 @@ pub struct Config {
     pub accounts: AccountsConfig,
     pub policies: PoliciesConfig,
     pub billing: BillingConfig,
+    pub audit: AuditConfig,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -89,6 +90,13 @@ pub struct PoliciesConfig {
 pub struct BillingConfig {
     /// A month's bill can be finalized this long after the month ends.
     pub finalize_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Decision records older than this may be pruned (`tollgate decisions prune`, and daily by
+    /// `serve`); `None` keeps them forever.
+    pub retention: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -309,6 +317,23 @@ impl Config {
             ),
         };
 
+        let audit = AuditConfig {
+            retention: raw
+                .audit
+                .retention
+                .as_deref()
+                .and_then(|v| p.value("audit.retention", v, parse_duration)),
+        };
+        if audit
+            .retention
+            .is_some_and(|r| r < Duration::from_secs(86_400))
+        {
+            p.push(
+                "audit.retention",
+                "expected at least `1d`: decisions are evidence for security review",
+            );
+        }
+
         let mut names = HashSet::new();
         let services = raw
             .services
@@ -333,6 +358,7 @@ impl Config {
             accounts,
             policies,
             billing,
+            audit,
             services,
         }
     }

@@ -64,8 +64,8 @@ pub use entry::{
 };
 pub use read::{
     BillUsage, DEFAULT_LIMIT, DecisionFilter, DecisionRecord, FinalMonth, MAX_LIMIT, Page,
-    QueryError, TierError, account_names, decision_by_request_id, final_month, month_to_date_spend,
-    open_reader, query_decisions, usage_for_bill,
+    QueryError, TierError, account_names, decision_by_request_id, final_month, for_each_decision,
+    month_to_date_spend, open_reader, query_decisions, usage_for_bill,
 };
 
 /// Handle to the journal; cheap to clone, shared by every request.
@@ -430,4 +430,15 @@ pub fn verify_ledger(db_path: &Path) -> Result<VerifySummary, VerifyError> {
 pub fn verify_decisions(db_path: &Path) -> Result<VerifySummary, VerifyError> {
     let conn = open_reader(db_path)?;
     decisions::verify(&conn)
+}
+
+/// Verifies the decision-log chain on `conn` starting at `first_seq`, which must follow
+/// `prev_hash`: the checkpoint retention keeps when it removes a verified prefix (see
+/// `crate::audit::retention`). With `(1, GENESIS)` this is [`verify_decisions`].
+pub fn verify_decisions_from(
+    conn: &rusqlite::Connection,
+    first_seq: u64,
+    prev_hash: Hash,
+) -> Result<VerifySummary, VerifyError> {
+    decisions::verify_from(conn, first_seq, prev_hash)
 }

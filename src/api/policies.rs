@@ -13,7 +13,9 @@ use serde::Serialize;
 use crate::api::auth::rfc3339;
 use crate::api::{self, ApiRequest};
 use crate::app::App;
-use crate::authz::{Diagnostic, LoadFailure, OrgStatusKind, ReloadTrigger, Resource};
+use crate::authz::{
+    Diagnostic, LoadFailure, OrgStatusKind, ReloadRequester, ReloadTrigger, Resource,
+};
 use crate::body::Body;
 use crate::server::authn::{self, Allow, Caller};
 use crate::server::authorize::{self, Facts};
@@ -84,9 +86,16 @@ pub async fn reload(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, R
     let request_id = req.request_id.clone();
     req.discard_body(app).await?;
     let policies = app.policies.clone();
-    let result = tokio::task::spawn_blocking(move || policies.reload(ReloadTrigger::Api))
-        .await
-        .map_err(|e| Rejection::internal(&e))?;
+    let requester = ReloadRequester {
+        account: caller.principal.user.account_id.clone(),
+        user: caller.principal.user.name.clone(),
+        request_id: request_id.clone(),
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        policies.reload_by(ReloadTrigger::Api, Some(requester))
+    })
+    .await
+    .map_err(|e| Rejection::internal(&e))?;
     app.sync_policy_metrics();
     match result {
         Ok(snapshot) => api::json(

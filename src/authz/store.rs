@@ -1,11 +1,15 @@
 //! The live policies: one [`PolicySnapshot`] behind an `ArcSwap`, replaced whole by a reload
 //! that validated fully, never by a partial one. A failed reload keeps the last good snapshot
 //! and is remembered for `GET /policies` and `/metrics`.
+//!
+//! A [`ReloadObserver`] (set once by the integrator) hears of every attempt, whatever triggered
+//! it (API, SIGHUP, the file watcher): it is told of a new snapshot *before* the swap, so
+//! whatever it keeps about that version (the audit archive) exists before any decision names it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -17,7 +21,7 @@ use parking_lot::Mutex;
 use super::loader::{self, LoadFailure, PolicySnapshot};
 use super::request::FeatureSet;
 use crate::clock::SharedClock;
-use crate::ids::OrgId;
+use crate::ids::{AccountId, OrgId, RequestId, UserName};
 
 /// How long the watcher waits for a burst of file events to settle before reloading.
 pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(250);
@@ -32,6 +36,36 @@ pub struct PolicyStore {
     /// Serialises reloads so two triggers never race to swap.
     reloading: Mutex<()>,
     counters: ReloadCounters,
+    observer: OnceLock<Arc<dyn ReloadObserver>>,
+}
+
+/// Who asked for a reload through the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadRequester {
+    pub account: AccountId,
+    pub user: UserName,
+    pub request_id: RequestId,
+}
+
+/// One finished reload attempt, as a [`ReloadObserver`] hears of it.
+#[derive(Debug)]
+pub struct ReloadAttempt<'a> {
+    pub at: DateTime<Utc>,
+    pub trigger: ReloadTrigger,
+    pub requested_by: Option<&'a ReloadRequester>,
+    /// The version active after the attempt (the new one, or the one kept).
+    pub active_version: &'a str,
+    /// `None` when the tree loaded (changed or not).
+    pub failure: Option<&'a LoadFailure>,
+}
+
+/// Hears of reloads; runs on the reloading thread while reloads are serialised, so it must be
+/// quick and must not reload.
+pub trait ReloadObserver: Send + Sync {
+    /// A validated snapshot with a new version is about to become active.
+    fn activating(&self, snapshot: &PolicySnapshot);
+    /// An attempt finished (after the swap, if any).
+    fn attempted(&self, attempt: &ReloadAttempt<'_>);
 }
 
 /// Plain counters the integrator exports to Prometheus.
@@ -99,6 +133,7 @@ impl PolicyStore {
             last_failure: Mutex::new(None),
             reloading: Mutex::new(()),
             counters: ReloadCounters::default(),
+            observer: OnceLock::new(),
         })
     }
 
@@ -115,7 +150,36 @@ impl PolicyStore {
     /// one kept if the content is unchanged) and the last failure cleared; on failure the active
     /// snapshot stays and the failure is remembered.
     pub fn reload(&self, trigger: ReloadTrigger) -> Result<Arc<PolicySnapshot>, LoadFailure> {
+        self.reload_by(trigger, None)
+    }
+
+    /// Sets the observer of every later reload; only the first call takes effect.
+    pub fn set_observer(&self, observer: Arc<dyn ReloadObserver>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    /// [`PolicyStore::reload`], naming who asked (an API reload).
+    pub fn reload_by(
+        &self,
+        trigger: ReloadTrigger,
+        requested_by: Option<ReloadRequester>,
+    ) -> Result<Arc<PolicySnapshot>, LoadFailure> {
         let _guard = self.reloading.lock();
+        let result = self.reload_locked(trigger);
+        if let Some(observer) = self.observer.get() {
+            let active = self.current.load();
+            observer.attempted(&ReloadAttempt {
+                at: self.clock.now(),
+                trigger,
+                requested_by: requested_by.as_ref(),
+                active_version: active.version(),
+                failure: result.as_ref().err(),
+            });
+        }
+        result
+    }
+
+    fn reload_locked(&self, trigger: ReloadTrigger) -> Result<Arc<PolicySnapshot>, LoadFailure> {
         self.counters.attempts.fetch_add(1, Ordering::Relaxed);
         let required: Vec<&str> = self.required_actions.iter().map(String::as_str).collect();
         match loader::load_tree_at(&self.dir, &required, self.clock.now()) {
@@ -124,6 +188,9 @@ impl PolicyStore {
                 let current = self.current.load_full();
                 if current.version() == snapshot.version() {
                     return Ok(current);
+                }
+                if let Some(observer) = self.observer.get() {
+                    observer.activating(&snapshot);
                 }
                 let snapshot = Arc::new(snapshot);
                 self.current.store(Arc::clone(&snapshot));

@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub accounts: RawAccounts,
     pub policies: RawPolicies,
     pub billing: RawBilling,
+    pub audit: RawAudit,
     pub services: Vec<RawService>,
 }
 
@@ -69,6 +70,12 @@ pub struct RawPolicies {
 #[serde(default)]
 pub struct RawBilling {
     pub finalize_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawAudit {
+    pub retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -145,3 +145,21 @@ fn duplicate_service_names_are_refused() {
     let text = format!("{MINIMAL}{MINIMAL}");
     assert_eq!(keys(&problems(&text)), vec!["services[1].name"]);
 }
+
+#[test]
+fn audit_retention_is_a_duration_of_at_least_a_day() {
+    let config = Config::parse(MINIMAL).unwrap_or_else(|p| panic!("{p:?}"));
+    assert_eq!(config.audit.retention, None, "kept forever by default");
+    let config = Config::parse(&format!("[audit]\nretention = \"90d\"\n{MINIMAL}"))
+        .unwrap_or_else(|p| panic!("{p:?}"));
+    assert_eq!(
+        config.audit.retention,
+        Some(Duration::from_secs(90 * 86_400))
+    );
+    for bad in ["1h", "ninety"] {
+        let p = problems(&format!("[audit]\nretention = \"{bad}\"\n{MINIMAL}"));
+        assert_eq!(keys(&p), ["audit.retention"], "{bad}");
+    }
+    let p = problems(&format!("[audit]\nretain = \"90d\"\n{MINIMAL}"));
+    assert_eq!(keys(&p), ["audit.retain"]);
+}

@@ -144,3 +144,14 @@ pub(super) fn verify(conn: &Connection) -> Result<VerifySummary, VerifyError> {
         DecisionRow::from_row(row, 3).map(|r| r.canonical())
     })
 }
+
+/// Verifies the decision-log chain from a checkpoint left by retention.
+pub(super) fn verify_from(
+    conn: &Connection,
+    first_seq: u64,
+    prev_hash: Hash,
+) -> Result<VerifySummary, VerifyError> {
+    super::read::verify_table_from(conn, "decisions", COLUMNS, first_seq, prev_hash, |row| {
+        DecisionRow::from_row(row, 3).map(|r| r.canonical())
+    })
+}

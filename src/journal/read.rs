@@ -425,6 +425,38 @@ pub fn decision_by_request_id(
     })
 }
 
+/// Calls `f` with every service and API decision (not reloads) whose time is in
+/// `[since, until)`, oldest first, in one read snapshot; stops early when `f` returns `false`.
+/// For replaying the log (D4) without holding it in memory.
+pub fn for_each_decision(
+    conn: &Connection,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    mut f: impl FnMut(DecisionRecord) -> bool,
+) -> Result<(), JournalError> {
+    let tx = conn.unchecked_transaction().map_err(unavailable)?;
+    let sql = format!(
+        "SELECT seq, prev_hash, hash, {} FROM decisions
+         WHERE kind IN ('service', 'api') AND time >= ?1 AND time < ?2 ORDER BY seq",
+        decisions::COLUMNS
+    );
+    let mut stmt = tx.prepare(&sql).map_err(unavailable)?;
+    let mut rows = stmt
+        .query(params![
+            since.map_or(i64::MIN, to_ms),
+            until.map_or(i64::MAX, to_ms)
+        ])
+        .map_err(unavailable)?;
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        let seq: i64 = row.get(0).map_err(unavailable)?;
+        let stored = DecisionRow::from_row(row, 3).map_err(unavailable)?;
+        if !f(DecisionRecord::from_stored(seq as u64, stored)?) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 fn select_decisions(
     conn: &Connection,
     sql: &str,
@@ -482,8 +514,34 @@ pub(super) fn verify_table(
     columns: &str,
     canonical: impl Fn(&Row<'_>) -> rusqlite::Result<Vec<u8>>,
 ) -> Result<VerifySummary, VerifyError> {
-    let tx = conn.unchecked_transaction().map_err(unavailable)?;
-    let mut stmt = tx
+    verify_table_from(
+        conn,
+        table,
+        columns,
+        chain::FIRST_SEQ,
+        chain::GENESIS,
+        canonical,
+    )
+}
+
+/// [`verify_table`] from a trusted checkpoint: the first stored record must be `first_seq` and
+/// follow `prev_hash` (records before it were removed under that checkpoint).
+pub(super) fn verify_table_from(
+    conn: &Connection,
+    table: &str,
+    columns: &str,
+    first_seq: u64,
+    prev_hash: Hash,
+    canonical: impl Fn(&Row<'_>) -> rusqlite::Result<Vec<u8>>,
+) -> Result<VerifySummary, VerifyError> {
+    // One read snapshot: our own, unless the caller already holds one (to read a checkpoint
+    // in the same snapshot).
+    let _tx = if conn.is_autocommit() {
+        Some(conn.unchecked_transaction().map_err(unavailable)?)
+    } else {
+        None
+    };
+    let mut stmt = conn
         .prepare(&format!(
             "SELECT seq, prev_hash, hash, {columns} FROM {table} ORDER BY seq"
         ))
@@ -520,7 +578,7 @@ pub(super) fn verify_table(
             }
         }
     });
-    let result = chain::verify(records);
+    let result = chain::verify_from(first_seq, prev_hash, records);
     if let Some(e) = failure {
         return Err(unavailable(e).into());
     }

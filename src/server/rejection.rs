@@ -375,3 +375,15 @@ impl From<crate::bills::BillsError> for Rejection {
         }
     }
 }
+
+impl From<crate::journal::QueryError> for Rejection {
+    fn from(e: crate::journal::QueryError) -> Self {
+        use crate::journal::QueryError;
+        match e {
+            QueryError::InvalidLimit { .. } | QueryError::InvalidCursor => {
+                Rejection::bad_request("InvalidInput", e.to_string())
+            }
+            QueryError::Journal(j) => j.into(),
+        }
+    }
+}

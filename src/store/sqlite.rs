@@ -241,6 +241,22 @@ const MIGRATIONS: &[&str] = &[
      CREATE UNIQUE INDEX plan_periods_open
         ON plan_periods(account_id, service) WHERE ended_at IS NULL;
      CREATE INDEX plan_periods_account ON plan_periods(account_id, started_at);",
+    // 5: the audit archive (src/audit): every policy tree that was ever active, by version (its
+    // content hash), with its full sources as a JSON object `{relative path: text}`, so old
+    // decisions are explained with the policies of their time (D3); and the checkpoints that
+    // retention leaves when it removes a verified prefix of the decision log (D5): verification
+    // starts after the newest one.
+    "CREATE TABLE policy_versions (
+        version TEXT PRIMARY KEY,
+        first_loaded_at INTEGER NOT NULL,
+        sources_json TEXT NOT NULL
+     ) STRICT;
+     CREATE TABLE decision_checkpoints (
+        through_seq INTEGER PRIMARY KEY,
+        through_hash TEXT NOT NULL,
+        pruned_at INTEGER NOT NULL,
+        records INTEGER NOT NULL
+     ) STRICT;",
 ];
 
 /// The embedded SQLite store.

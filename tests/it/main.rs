@@ -11,6 +11,8 @@ mod support;
 mod auth;
 mod billing;
 mod config_errors;
+mod decisions;
+mod demo;
 mod forwarding;
 mod groups;
 mod ops;

@@ -1,0 +1,122 @@
+//! SPEC O1 and the README's first command: `tollgate demo` starts, and the walkthrough it prints
+//! works command by command (the script checks every step's status code), and a second start
+//! reuses the demo's data.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::binary;
+
+struct Demo {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_demo(cwd: &std::path::Path, fresh: bool) -> Demo {
+    let mut command = Command::new(binary());
+    command.args(["demo", "--listen", "127.0.0.1:0"]);
+    if fresh {
+        command.arg("--fresh");
+    }
+    let mut child = command
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("tollgate: listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the demo prints where it listens");
+    Demo { child, url }
+}
+
+fn run_walkthrough(cwd: &std::path::Path, url: &str) -> std::process::Output {
+    Command::new("bash")
+        .arg("data/demo/walkthrough.sh")
+        .env("GW", url)
+        .env("TOLLGATE", binary())
+        .current_dir(cwd)
+        .output()
+        .expect("run the walkthrough")
+}
+
+#[test]
+fn o1_the_demo_walkthrough_works_step_by_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let demo = start_demo(dir.path(), true);
+    let output = run_walkthrough(dir.path(), &demo.url);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "walkthrough failed:\n{stdout}\n{stderr}"
+    );
+    // The story the walkthrough tells, as the gateway answered it.
+    assert!(
+        stdout.contains("\"feature_set\":\"CONSOLIDATED_BILLING\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"status\":\"inactive\""),
+        "guardrail shown inactive: {stdout}"
+    );
+    assert!(
+        stdout.contains("\"denied_by\":\"organization\""),
+        "guardrail binds after the switch: {stdout}"
+    );
+    assert!(
+        stdout.contains("\"payer_account_id\""),
+        "the consolidated bill: {stdout}"
+    );
+    assert!(dir.path().join("data/demo/demo.json").exists());
+}
+
+#[test]
+fn o1_the_demo_reuses_its_data_on_the_next_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = start_demo(dir.path(), true);
+    drop(first);
+    let before =
+        std::fs::read_to_string(dir.path().join("data/demo/demo.json")).expect("demo.json");
+    let second = start_demo(dir.path(), false);
+    let after = std::fs::read_to_string(dir.path().join("data/demo/demo.json")).expect("demo.json");
+    assert_eq!(before, after, "the same organization and credentials");
+    let client = reqwest_free_get(&format!("{}/healthz", second.url));
+    assert!(client.contains("\"ok\""), "{client}");
+}
+
+/// A tiny blocking GET over a raw socket (the demo test needs no runtime).
+fn reqwest_free_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".to_owned()));
+    let mut stream = std::net::TcpStream::connect(host).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    let _ = stream.read_to_string(&mut out);
+    out
+}
