@@ -1128,11 +1128,13 @@ async fn u4_unknown_account_unknown_user_and_wrong_password_look_the_same() {
         bodies.windows(2).all(|w| w[0] == w[1]),
         "identical bodies: {bodies:?}"
     );
-    // Each costs a password verification: none is answered much faster than a wrong password.
+    // Each costs a password verification: none is answered much faster than a wrong password
+    // (without the dummy verification an unknown user answers ~30x faster; 8x leaves room for a
+    // loaded CI machine).
     let wrong = times[4];
     for (i, t) in times.iter().enumerate() {
         assert!(
-            *t * 4 >= wrong,
+            *t * 8 >= wrong,
             "case {i} answered in {t:?}, a wrong password in {wrong:?}"
         );
     }
