@@ -13,6 +13,7 @@ mod billing;
 mod config_errors;
 mod forwarding;
 mod groups;
+mod openapi;
 mod ops;
 mod org;
 mod policies;
