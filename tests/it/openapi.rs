@@ -439,7 +439,7 @@ fn produced_codes(text: &str) -> BTreeSet<String> {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut codes = BTreeSet::new();
     let literal_after = |rest: &str| -> Option<String> {
-        let rest = rest.strip_prefix('"')?;
+        let rest = rest.trim_start().strip_prefix('"')?;
         let (code, _) = rest.split_once('"')?;
         let pascal = code.chars().next().is_some_and(|c| c.is_ascii_uppercase())
             && code.chars().all(|c| c.is_ascii_alphanumeric());
