@@ -60,6 +60,19 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr)
     response
 }
 
+/// The endpoints answered here rather than by the JSON API's dispatcher (`api::ENDPOINTS`):
+/// the ops endpoints in `dispatch`, and service calls, forwarded whatever their method (`*`).
+pub const ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "/openapi.json"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("*", "/svc/{service}/{path}"),
+];
+
+/// The API reference, built into the binary so it always describes this build.
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
 async fn dispatch(
     app: &Arc<App>,
     request: Request<Incoming>,
@@ -84,6 +97,7 @@ async fn dispatch(
         return service_call(app, request, peer, request_id, &service, &service_path).await;
     }
     match (request.method(), path) {
+        (&Method::GET, "/openapi.json") => Ok(openapi()),
         (&Method::GET, "/healthz") => Ok(json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned())),
         (&Method::GET, "/readyz") => Ok(readiness(app).await),
         (&Method::GET, "/metrics") => {
@@ -401,6 +415,16 @@ fn content_length(request: &Request<Incoming>) -> Result<Option<u64>, Rejection>
                 Rejection::bad_request("InvalidHeader", "Content-Length is not a number")
             }),
     }
+}
+
+/// `GET /openapi.json`: public, like the JWKS; it describes the API, not anyone's data.
+fn openapi() -> Response<Body> {
+    let mut response = Response::new(body::full(OPENAPI));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// Ready when the policies are loaded, the store takes writes and the journal commits.

@@ -1,0 +1,488 @@
+//! The API reference (issue 10): `GET /openapi.json` serves `docs/openapi.json`, and the document
+//! cannot drift from the gateway. It lists exactly the routes the gateway answers
+//! (`api::ENDPOINTS` and `server::pipeline::ENDPOINTS`), each of which is really routed, with
+//! the security each really has; `api::ENDPOINTS` lists exactly the dispatcher's match arms; and
+//! the error codes the document names are exactly those the sources produce.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use http::{Method, StatusCode};
+use serde_json::Value;
+use tollgate::api;
+use tollgate::server::pipeline;
+
+use crate::support::{TestGateway, Upstream};
+
+/// Documented ahead of its handler, which lands from another branch (SPEC D2). It may be in the
+/// document while `api::ENDPOINTS` lacks it, but then it must really be unrouted; once the
+/// dispatcher answers it, `api::ENDPOINTS` must list it and every check below applies.
+const DOCUMENTED_AHEAD: &[(&str, &str)] = &[("GET", "/decisions")];
+
+const HTTP_METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "patch", "head", "options", "trace",
+];
+
+type Endpoint = (String, String);
+
+async fn gateway() -> (Upstream, TestGateway) {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::builder(&upstream.url()).start().await;
+    (upstream, gw)
+}
+
+/// `GET /openapi.json`, checked to be public JSON and the document in `docs/`.
+async fn fetch_document(gw: &TestGateway) -> Value {
+    let r = gw.client.get("/openapi.json").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let served = r.json();
+    let on_disk: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("docs/openapi.json")).expect("docs/openapi.json"),
+    )
+    .expect("docs/openapi.json is JSON");
+    assert_eq!(served, on_disk, "the gateway serves docs/openapi.json");
+    served
+}
+
+/// Every (METHOD, path) operation of the document, with the operation object.
+fn operations(doc: &Value) -> BTreeMap<Endpoint, &Value> {
+    let paths = doc["paths"].as_object().expect("`paths` is an object");
+    let mut ops = BTreeMap::new();
+    for (path, item) in paths {
+        let item = item.as_object().expect("a path item is an object");
+        for (key, op) in item {
+            if HTTP_METHODS.contains(&key.as_str()) {
+                ops.insert((key.to_uppercase(), path.clone()), op);
+            } else {
+                assert!(
+                    ["parameters", "summary", "description"].contains(&key.as_str()),
+                    "unexpected key `{key}` in path item `{path}`"
+                );
+            }
+        }
+    }
+    ops
+}
+
+fn owned(list: &[(&str, &str)]) -> BTreeSet<Endpoint> {
+    list.iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect()
+}
+
+/// Is `op` served by the gateway: listed by the API dispatcher or the pipeline (`*`: any method)?
+fn is_served(op: &Endpoint) -> bool {
+    owned(api::ENDPOINTS).contains(op)
+        || pipeline::ENDPOINTS
+            .iter()
+            .any(|(m, p)| *p == op.1 && (*m == "*" || *m == op.0))
+}
+
+/// The operations a client calls without a token (SPEC P1: signup, login, token; plus the
+/// public keys, health and this document).
+fn is_public(op: &Value) -> bool {
+    op["security"]
+        .as_array()
+        .unwrap_or_else(|| panic!("operation without `security`: {op}"))
+        .is_empty()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_and_routes_agree_both_ways() {
+    let (_upstream, gw) = gateway().await;
+    let doc = fetch_document(&gw).await;
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "an OpenAPI 3.1 document"
+    );
+    let ops = operations(&doc);
+    let api_endpoints = owned(api::ENDPOINTS);
+    assert_eq!(
+        api_endpoints.len(),
+        api::ENDPOINTS.len(),
+        "api::ENDPOINTS has duplicates"
+    );
+
+    // Document -> gateway: nothing is documented that the gateway does not serve, but for the
+    // one endpoint documented ahead of its handler.
+    for op in ops.keys() {
+        let ahead = owned(DOCUMENTED_AHEAD).contains(op);
+        assert!(
+            is_served(op) || ahead,
+            "{} {} is documented but not in api::ENDPOINTS or pipeline::ENDPOINTS",
+            op.0,
+            op.1
+        );
+    }
+    // Gateway -> document: everything served is documented.
+    for op in &api_endpoints {
+        assert!(
+            ops.contains_key(op),
+            "{} {} is in api::ENDPOINTS but not in docs/openapi.json",
+            op.0,
+            op.1
+        );
+    }
+    for (method, path) in pipeline::ENDPOINTS {
+        let documented = ops
+            .keys()
+            .any(|(m, p)| p == path && (*method == "*" || m == method));
+        assert!(
+            documented,
+            "{method} {path} is served by the pipeline but not in docs/openapi.json"
+        );
+    }
+
+    // Each operation is described enough to call it.
+    let mut ids = BTreeSet::new();
+    for ((method, path), op) in &ops {
+        let id = op["operationId"].as_str().unwrap_or_default();
+        assert!(!id.is_empty(), "{method} {path}: no operationId");
+        assert!(ids.insert(id), "{method} {path}: operationId `{id}` twice");
+        assert!(
+            op["summary"].as_str().is_some_and(|s| !s.is_empty()),
+            "{method} {path}: no summary"
+        );
+        let responses = op["responses"].as_object().expect("responses");
+        assert!(
+            responses
+                .keys()
+                .any(|s| s.starts_with('2') || s == "default"),
+            "{method} {path}: no success response"
+        );
+        for param in path_params(path) {
+            assert!(
+                declares_path_param(&doc, path, op, &param),
+                "{method} {path}: path parameter `{param}` not declared"
+            );
+        }
+    }
+}
+
+/// The `{name}`s of a path template.
+fn path_params(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn declares_path_param(doc: &Value, path: &str, op: &Value, name: &str) -> bool {
+    let declared = |params: &Value| {
+        params.as_array().is_some_and(|list| {
+            list.iter()
+                .map(|p| resolve(doc, p))
+                .any(|p| p["in"] == "path" && p["name"] == name)
+        })
+    };
+    declared(&op["parameters"]) || declared(&doc["paths"][path]["parameters"])
+}
+
+/// Follows a local `$ref` (`#/components/...`).
+fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
+    match value["$ref"].as_str() {
+        Some(reference) => {
+            let pointer = reference
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("only local references: {reference}"));
+            doc.pointer(pointer)
+                .unwrap_or_else(|| panic!("dangling reference {reference}"))
+        }
+        None => value,
+    }
+}
+
+/// A concrete path for a template: made-up but well-formed values, so each request reaches its
+/// handler (which then refuses it for want of a token, or finds nothing).
+fn concrete(template: &str) -> String {
+    template
+        .split('/')
+        .map(|segment| match segment {
+            "{account_id}" => "123456789012",
+            "{user}" => "alice",
+            "{key_id}" => "TGAKAAAAAAAAAAAAAAAA",
+            "{group}" => "developers",
+            "{service}" => "storage",
+            "{month}" => "2025-01",
+            "{handshake_id}" => "h-aaaaaaaaaa",
+            "{path}" => "objects/a",
+            s if s.starts_with('{') => panic!("no placeholder value for {s} in {template}"),
+            s => s,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Is this the dispatcher's fallthrough, i.e. not routed at all?
+fn is_fallthrough(r: &crate::support::client::TestResponse) -> bool {
+    r.status == StatusCode::NOT_FOUND && r.error_code() == "NotFound"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_every_endpoint_is_routed_with_its_documented_security() {
+    let (_upstream, gw) = gateway().await;
+    let doc = fetch_document(&gw).await;
+    let ops = operations(&doc);
+
+    // The check can fail: an unrouted path and a wrong method get the fallthrough.
+    let r = gw.client.get("/accounts/123456789012/nope").await;
+    assert!(is_fallthrough(&r), "{}", r.text());
+    let r = gw.client.send(Method::PATCH, "/org", &[], "").await;
+    assert!(is_fallthrough(&r), "{}", r.text());
+
+    let mut checked: Vec<Endpoint> = owned(api::ENDPOINTS).into_iter().collect();
+    // The pipeline's own, with a route of the shipped `storage` service for service calls.
+    for (method, path) in pipeline::ENDPOINTS {
+        let method = if *method == "*" { "GET" } else { method };
+        checked.push((method.to_owned(), (*path).to_owned()));
+    }
+    for (method, template) in &checked {
+        let path = concrete(template);
+        let method_ = Method::from_bytes(method.as_bytes()).expect("method");
+        let r = gw.client.send(method_, &path, &[], "").await;
+        assert!(
+            !is_fallthrough(&r),
+            "{method} {template} is listed but not routed ({method} {path} fell through)"
+        );
+        let op = ops
+            .get(&(method.clone(), template.clone()))
+            .unwrap_or_else(|| panic!("{method} {template} is not documented"));
+        if is_public(op) {
+            assert_ne!(
+                r.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {template} is documented as public but wants a token: {}",
+                r.text()
+            );
+        } else {
+            assert_eq!(
+                (r.status, r.error_code()),
+                (StatusCode::UNAUTHORIZED, "MissingToken".to_owned()),
+                "{method} {template} is documented as needing a bearer token"
+            );
+        }
+    }
+
+    // Documented ahead of its handler and not listed: it must really be unrouted, so that the
+    // branch bringing its handler has to list it in api::ENDPOINTS.
+    for (method, template) in owned(DOCUMENTED_AHEAD) {
+        if owned(api::ENDPOINTS).contains(&(method.clone(), template.clone())) {
+            continue;
+        }
+        let r = gw
+            .client
+            .send(
+                Method::from_bytes(method.as_bytes()).expect("method"),
+                &concrete(&template),
+                &[],
+                "",
+            )
+            .await;
+        assert!(
+            is_fallthrough(&r),
+            "{method} {template} is routed now: add it to api::ENDPOINTS ({} {})",
+            r.status,
+            r.text()
+        );
+    }
+}
+
+/// `api::ENDPOINTS` lists exactly the dispatcher's match arms, read from `src/api.rs`: a new arm
+/// without its entry (and so without its documentation) fails here.
+#[test]
+fn openapi_endpoints_list_matches_the_dispatcher_arms() {
+    let source = std::fs::read_to_string(repo().join("src/api.rs")).expect("src/api.rs");
+    let flat: String = source.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut arms = BTreeSet::new();
+    for (_, rest) in flat
+        .match_indices("(Method::")
+        .map(|(i, _)| flat.split_at(i))
+    {
+        let rest = &rest["(Method::".len()..];
+        let (method, rest) = rest.split_once(", [").expect("an arm `(Method::X, [..])`");
+        let (segments, _) = rest
+            .split_once("])")
+            .expect("an arm's segments end with `])`");
+        let path: String = segments
+            .split(", ")
+            .map(
+                |s| match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                    Some(literal) => format!("/{literal}"),
+                    None => "/{}".to_owned(),
+                },
+            )
+            .collect();
+        assert!(
+            arms.insert((method.to_owned(), path.clone())),
+            "{method} {path}: two arms"
+        );
+    }
+    let listed: BTreeSet<Endpoint> = api::ENDPOINTS
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), erase_placeholders(p)))
+        .collect();
+    assert!(arms.len() > 30, "the arms were not found in src/api.rs");
+    assert_eq!(
+        arms.difference(&listed).collect::<Vec<_>>(),
+        Vec::<&Endpoint>::new(),
+        "match arms missing from api::ENDPOINTS"
+    );
+    assert_eq!(
+        listed.difference(&arms).collect::<Vec<_>>(),
+        Vec::<&Endpoint>::new(),
+        "api::ENDPOINTS entries without a match arm"
+    );
+}
+
+fn erase_placeholders(path: &str) -> String {
+    path.split('/')
+        .skip(1)
+        .map(|s| {
+            if s.starts_with('{') {
+                "/{}".to_owned()
+            } else {
+                format!("/{s}")
+            }
+        })
+        .collect()
+}
+
+/// The document invents no error code, and leaves none out: the codes it names are exactly the
+/// codes the sources give error responses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_error_codes_are_the_ones_the_sources_produce() {
+    let (_upstream, gw) = gateway().await;
+    let doc = fetch_document(&gw).await;
+
+    let mut documented = BTreeSet::new();
+    collect_codes(&doc, &mut documented);
+    assert!(documented.len() > 40, "few codes found: {documented:?}");
+
+    let sources = source_files(&repo().join("src"));
+    let text: String = sources
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("source"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let invented: Vec<&String> = documented
+        .iter()
+        .filter(|code| !text.contains(&format!("\"{code}\"")))
+        .collect();
+    assert!(
+        invented.is_empty(),
+        "docs/openapi.json names codes no source file has as a string literal: {invented:?}"
+    );
+
+    let produced = produced_codes(&text);
+    assert!(produced.len() > 40, "few codes found in src/: {produced:?}");
+    let undocumented: Vec<&String> = produced.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "codes the sources produce but docs/openapi.json does not list: {undocumented:?}"
+    );
+}
+
+/// Every code in `x-error-codes` lists and in example error bodies; each example's code is one
+/// its response lists.
+fn collect_codes(value: &Value, codes: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(list) = map.get("x-error-codes") {
+                let list: Vec<String> = list
+                    .as_array()
+                    .expect("x-error-codes is an array")
+                    .iter()
+                    .map(|c| c.as_str().expect("a code is a string").to_owned())
+                    .collect();
+                for media in map
+                    .get("content")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flat_map(|c| c.values())
+                {
+                    if let Some(code) = media["example"]["error"]["code"].as_str() {
+                        assert!(
+                            list.iter().any(|c| c == code),
+                            "example code `{code}` is not among its response's {list:?}"
+                        );
+                    }
+                }
+                codes.extend(list);
+            }
+            if let Some(code) = map
+                .get("error")
+                .and_then(|e| e.get("code"))
+                .and_then(Value::as_str)
+            {
+                codes.insert(code.to_owned());
+            }
+            for v in map.values() {
+                collect_codes(v, codes);
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                collect_codes(v, codes);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The codes in `src/` given to error responses: `StatusCode::X, "Code"` (a `Rejection::new` or
+/// the organization errors' table), `bad_request("Code"`, `not_found("Code"` and
+/// `code: "Code"` (bodies built by hand).
+fn produced_codes(text: &str) -> BTreeSet<String> {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut codes = BTreeSet::new();
+    let literal_after = |rest: &str| -> Option<String> {
+        let rest = rest.trim_start().strip_prefix('"')?;
+        let (code, _) = rest.split_once('"')?;
+        let pascal = code.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            && code.chars().all(|c| c.is_ascii_alphanumeric());
+        pascal.then(|| code.to_owned())
+    };
+    for (i, _) in flat.match_indices("StatusCode::") {
+        let rest = &flat[i + "StatusCode::".len()..];
+        let ident_end = rest
+            .find(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+            .unwrap_or(rest.len());
+        if let Some(rest) = rest[ident_end..].strip_prefix(", ") {
+            codes.extend(literal_after(rest));
+        }
+    }
+    for prefix in ["bad_request(", "not_found(", "code: "] {
+        for (i, _) in flat.match_indices(prefix) {
+            codes.extend(literal_after(&flat[i + prefix.len()..]));
+        }
+    }
+    codes
+}
+
+/// The `.rs` files under `dir`, without unit-test files (`tests.rs`, `*_tests.rs`): a code only
+/// a test mentions is not one the gateway produces.
+fn source_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read src") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            files.extend(source_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
+            if name != "tests" && !name.ends_with("_tests") {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
