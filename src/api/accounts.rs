@@ -28,9 +28,10 @@ use crate::store::accounts::{AccessKeyRecord, AccountStore, MfaState, NewAccount
 const MAX_ACCOUNT_NAME: usize = 64;
 const MAX_EMAIL: usize = 254;
 
+/// A new account and its owner, as signup (A1) and member creation (A3) take it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SignupRequest {
+pub(crate) struct NewAccountRequest {
     name: String,
     email: String,
     owner_user: String,
@@ -117,41 +118,10 @@ pub async fn signup(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, R
             "this gateway does not take new accounts; ask its operator",
         ));
     }
-    let body: SignupRequest = req.json(app).await?;
-    let name = body.name.trim().to_owned();
-    if name.is_empty()
-        || name.chars().count() > MAX_ACCOUNT_NAME
-        || name.chars().any(char::is_control)
-    {
-        return Err(invalid_input(format!(
-            "`name` must be 1 to {MAX_ACCOUNT_NAME} printable characters"
-        )));
-    }
-    let email = body.email.trim().to_owned();
-    if email.len() > MAX_EMAIL
-        || !email.contains('@')
-        || email.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(invalid_input(
-            "`email` must be an address like `owner@example.com`",
-        ));
-    }
-    let owner = UserName::parse(&body.owner_user).map_err(|e| invalid_input(e.to_string()))?;
-    let password = Secret::new(body.owner_password);
-    PasswordPolicy::default().check(password.expose())?;
-    let hash = app.hasher.hash(&password).await?;
-    let account_id = app
-        .store
-        .create_account(
-            NewAccount {
-                name: name.clone(),
-                email,
-                owner: owner.clone(),
-                owner_password: hash,
-            },
-            app.clock.now(),
-        )
-        .await?;
+    let body: NewAccountRequest = req.json(app).await?;
+    let new = body.check(app).await?;
+    let (name, owner) = (new.name.clone(), new.owner.clone());
+    let account_id = app.store.create_account(new, app.clock.now()).await?;
     tracing::info!(account = %account_id, "account created");
     api::json(
         StatusCode::CREATED,
@@ -161,6 +131,43 @@ pub async fn signup(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, R
             owner_user: owner.to_string(),
         },
     )
+}
+
+// === impl NewAccountRequest ===
+
+impl NewAccountRequest {
+    /// Checks every field and hashes the owner's password, which must meet the default policy
+    /// (a new account has no policy of its own yet).
+    pub(crate) async fn check(self, app: &App) -> Result<NewAccount, Rejection> {
+        let name = self.name.trim().to_owned();
+        if name.is_empty()
+            || name.chars().count() > MAX_ACCOUNT_NAME
+            || name.chars().any(char::is_control)
+        {
+            return Err(invalid_input(format!(
+                "`name` must be 1 to {MAX_ACCOUNT_NAME} printable characters"
+            )));
+        }
+        let email = self.email.trim().to_owned();
+        if email.len() > MAX_EMAIL
+            || !email.contains('@')
+            || email.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(invalid_input(
+                "`email` must be an address like `owner@example.com`",
+            ));
+        }
+        let owner = UserName::parse(&self.owner_user).map_err(|e| invalid_input(e.to_string()))?;
+        let password = Secret::new(self.owner_password);
+        PasswordPolicy::default().check(password.expose())?;
+        let owner_password = app.hasher.hash(&password).await?;
+        Ok(NewAccount {
+            name,
+            email,
+            owner,
+            owner_password,
+        })
+    }
 }
 
 /// `GET /accounts/{id}/password-policy` (U2).

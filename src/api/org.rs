@@ -28,36 +28,23 @@ use std::sync::Arc;
 use http::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use crate::api::accounts::NewAccountRequest;
 use crate::api::auth::rfc3339;
 use crate::api::{self, ApiRequest};
 use crate::app::App;
-use crate::auth::{PasswordPolicy, Secret};
 use crate::authz::{Resource, TargetAccount};
 use crate::body::Body;
-use crate::ids::{AccountId, HandshakeId, UserName};
+use crate::ids::{AccountId, HandshakeId};
 use crate::org::{FeatureSet, Handshake, HandshakeAction, Member, OrgView, Organization};
 use crate::server::authn::{self, Allow, Caller};
 use crate::server::authorize::{self, Facts};
 use crate::server::rejection::Rejection;
-use crate::store::accounts::NewAccount;
-
-const MAX_ACCOUNT_NAME: usize = 64;
-const MAX_EMAIL: usize = 254;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct CreateOrganizationRequest {
     #[serde(default)]
     feature_set: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateAccountRequest {
-    name: String,
-    email: String,
-    owner_user: String,
-    owner_password: String,
 }
 
 #[derive(Deserialize)]
@@ -162,41 +149,12 @@ pub async fn delete(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, R
 /// owner's password meets the default policy, the new account's policy until it sets one.
 pub async fn create_account(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Rejection> {
     let caller = authorized(app, &req, "org:CreateAccount").await?;
-    let body: CreateAccountRequest = req.json(app).await?;
-    let name = body.name.trim().to_owned();
-    if name.is_empty()
-        || name.chars().count() > MAX_ACCOUNT_NAME
-        || name.chars().any(char::is_control)
-    {
-        return Err(invalid_input(format!(
-            "`name` must be 1 to {MAX_ACCOUNT_NAME} printable characters"
-        )));
-    }
-    let email = body.email.trim().to_owned();
-    if email.len() > MAX_EMAIL
-        || !email.contains('@')
-        || email.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(invalid_input(
-            "`email` must be an address like `owner@example.com`",
-        ));
-    }
-    let owner = UserName::parse(&body.owner_user).map_err(|e| invalid_input(e.to_string()))?;
-    let password = Secret::new(body.owner_password);
-    PasswordPolicy::default().check(password.expose())?;
-    let hash = app.hasher.hash(&password).await?;
+    let body: NewAccountRequest = req.json(app).await?;
+    let new = body.check(app).await?;
+    let owner = new.owner.clone();
     let member = app
         .orgs
-        .create_account(
-            own(&caller),
-            NewAccount {
-                name,
-                email,
-                owner: owner.clone(),
-                owner_password: hash,
-            },
-            app.clock.now(),
-        )
+        .create_account(own(&caller), new, app.clock.now())
         .await?;
     tracing::info!(account = %member.account_id, by = %own(&caller), "member account created");
     api::json(
