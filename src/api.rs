@@ -24,9 +24,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::app::App;
+use crate::authz::{Resource, TargetAccount};
 use crate::body::{self, Body};
+use crate::ids::AccountId;
 use crate::ids::RequestId;
 use crate::org::HandshakeAction;
+use crate::server::authn::Caller;
+use crate::server::authorize::{self, Facts};
 use crate::server::rejection::{self, Rejection};
 
 /// One API request, its body not yet read.
@@ -209,6 +213,45 @@ pub async fn handle(
             ),
         )),
     }
+}
+
+/// The path's account, which must be the caller's own: nobody manages another account (U9),
+/// so no policy is even asked.
+pub(crate) fn own_account(caller: &Caller, account: &str) -> Result<AccountId, Rejection> {
+    let own = &caller.principal.user.account_id;
+    match AccountId::parse(account) {
+        Ok(id) if &id == own => Ok(id),
+        _ => Err(Rejection::new(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            format!("users of account {own} can manage only account {own}"),
+        )),
+    }
+}
+
+/// Decides `action` with the caller's own account as the resource (every account-level call).
+pub(crate) fn authorize_on_own_account(
+    app: &App,
+    caller: &Caller,
+    action: &str,
+    req: &ApiRequest,
+) -> Result<(), Rejection> {
+    let resource = Resource::Account(TargetAccount {
+        id: caller.principal.user.account_id.clone(),
+        name: caller.principal.account_name.clone(),
+        organization: caller.principal.organization.as_ref().map(|o| o.id.clone()),
+    });
+    authorize::authorize(
+        app,
+        caller,
+        Facts {
+            action,
+            resource,
+            method: req.method.as_str(),
+            path: &req.path,
+        },
+    )
+    .map(|_| ())
 }
 
 // === impl ApiRequest ===

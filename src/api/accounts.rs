@@ -9,6 +9,7 @@ use http::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::api::auth::rfc3339;
+use crate::api::own_account;
 use crate::api::{self, ApiRequest};
 use crate::app::App;
 use crate::auth::access_key::MAX_ACCESS_KEYS_PER_USER;
@@ -178,7 +179,7 @@ pub async fn get_password_policy(
 ) -> Result<Response<Body>, Rejection> {
     let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
     let account = own_account(&caller, account)?;
-    authorize_on_account(app, &caller, "iam:GetPasswordPolicy", &req)?;
+    api::authorize_on_own_account(app, &caller, "iam:GetPasswordPolicy", &req)?;
     let policy = effective_policy(app, &account, caller.is_management_account()).await?;
     api::json(StatusCode::OK, &PasswordPolicyDto::from(policy.params()))
 }
@@ -192,7 +193,7 @@ pub async fn put_password_policy(
 ) -> Result<Response<Body>, Rejection> {
     let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
     let account = own_account(&caller, account)?;
-    authorize_on_account(app, &caller, "iam:UpdatePasswordPolicy", &req)?;
+    api::authorize_on_own_account(app, &caller, "iam:UpdatePasswordPolicy", &req)?;
     let body: PasswordPolicyDto = req.json(app).await?;
     let policy = PasswordPolicy::from_request(body.into())?;
     app.store
@@ -210,7 +211,7 @@ pub async fn create_user(
 ) -> Result<Response<Body>, Rejection> {
     let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
     let account = own_account(&caller, account)?;
-    authorize_on_account(app, &caller, "iam:CreateUser", &req)?;
+    api::authorize_on_own_account(app, &caller, "iam:CreateUser", &req)?;
     let body: CreateUserRequest = req.json(app).await?;
     let user = UserName::parse(&body.user).map_err(|e| invalid_input(e.to_string()))?;
     let password = Secret::new(body.password);
@@ -517,19 +518,6 @@ fn check_enrollment_token_scope(caller: &Caller, target: &UserRecord) -> Result<
     Ok(())
 }
 
-/// The path's account, which must be the caller's own (U9: nobody manages another account).
-fn own_account(caller: &Caller, account: &str) -> Result<AccountId, Rejection> {
-    let own = &caller.principal.user.account_id;
-    match AccountId::parse(account) {
-        Ok(id) if &id == own => Ok(id),
-        _ => Err(Rejection::new(
-            StatusCode::FORBIDDEN,
-            "AccessDenied",
-            format!("users of account {own} can manage only account {own}"),
-        )),
-    }
-}
-
 /// The user a path segment names. Clients percent-encode the `@`, `+`, `=` and `,` that user
 /// names may hold, so the segment is decoded first; the echo in the error is kept short.
 async fn target_user(app: &App, account: &AccountId, user: &str) -> Result<UserRecord, Rejection> {
@@ -543,35 +531,6 @@ async fn target_user(app: &App, account: &AccountId, user: &str) -> Result<UserR
     };
     let name = UserName::parse(&decoded).map_err(|_| missing())?;
     app.store.user(account, &name).await?.ok_or_else(missing)
-}
-
-fn authorize_on_account(
-    app: &App,
-    caller: &Caller,
-    action: &str,
-    req: &ApiRequest,
-) -> Result<(), Rejection> {
-    let resource = Resource::own_account(
-        &crate::authz::Principal {
-            account: caller.principal.user.account_id.clone(),
-            account_name: caller.principal.account_name.clone(),
-            user: caller.principal.user.name.clone(),
-            groups: Vec::new(),
-            is_owner: caller.principal.user.is_owner,
-        },
-        caller.principal.organization.as_ref(),
-    );
-    authorize::authorize(
-        app,
-        caller,
-        Facts {
-            action,
-            resource,
-            method: req.method.as_str(),
-            path: &req.path,
-        },
-    )
-    .map(|_| ())
 }
 
 fn authorize_on_user(

@@ -12,7 +12,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 
 use crate::api::auth::rfc3339;
-use crate::api::groups::authorize_on_own_account;
+use crate::api::authorize_on_own_account;
 use crate::api::{self, ApiRequest};
 use crate::app::App;
 use crate::billing::{Bill, BillingMonth, CURRENCY, export};

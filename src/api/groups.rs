@@ -11,12 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::auth::rfc3339;
 use crate::api::{self, ApiRequest};
+use crate::api::{authorize_on_own_account, own_account};
 use crate::app::App;
-use crate::authz::{Principal, Resource};
 use crate::body::Body;
 use crate::ids::{AccountId, GroupName, UserName};
 use crate::server::authn::{self, Allow, Caller};
-use crate::server::authorize::{self, Facts};
 use crate::server::rejection::Rejection;
 use crate::store::StoreError;
 use crate::store::accounts::{AccountStore, GroupMemberChange, GroupRecord};
@@ -198,48 +197,6 @@ async fn authorize_manage(
     let account = own_account(&caller, account)?;
     authorize_on_own_account(app, &caller, ACTION, req)?;
     Ok((caller, account))
-}
-
-/// The path's account, which must be the caller's own: nobody manages another account, whatever
-/// its policies say. (`api::accounts` has the same rule for users.)
-pub(super) fn own_account(caller: &Caller, account: &str) -> Result<AccountId, Rejection> {
-    let own = &caller.principal.user.account_id;
-    match AccountId::parse(account) {
-        Ok(id) if &id == own => Ok(id),
-        _ => Err(Rejection::new(
-            StatusCode::FORBIDDEN,
-            "AccessDenied",
-            format!("users of account {own} can manage only account {own}"),
-        )),
-    }
-}
-
-/// Decides `action` with the caller's own account as the resource.
-pub(super) fn authorize_on_own_account(
-    app: &App,
-    caller: &Caller,
-    action: &str,
-    req: &ApiRequest,
-) -> Result<(), Rejection> {
-    let principal = Principal {
-        account: caller.principal.user.account_id.clone(),
-        account_name: caller.principal.account_name.clone(),
-        user: caller.principal.user.name.clone(),
-        groups: caller.principal.groups.clone(),
-        is_owner: caller.principal.user.is_owner,
-    };
-    let resource = Resource::own_account(&principal, caller.principal.organization.as_ref());
-    authorize::authorize(
-        app,
-        caller,
-        Facts {
-            action,
-            resource,
-            method: req.method.as_str(),
-            path: &req.path,
-        },
-    )
-    .map(|_| ())
 }
 
 // === impl GroupDto ===

@@ -32,12 +32,10 @@ use crate::api::accounts::NewAccountRequest;
 use crate::api::auth::rfc3339;
 use crate::api::{self, ApiRequest};
 use crate::app::App;
-use crate::authz::{Resource, TargetAccount};
 use crate::body::Body;
 use crate::ids::{AccountId, HandshakeId};
 use crate::org::{FeatureSet, Handshake, HandshakeAction, Member, OrgView, Organization};
 use crate::server::authn::{self, Allow, Caller};
-use crate::server::authorize::{self, Facts};
 use crate::server::rejection::Rejection;
 
 #[derive(Deserialize, Default)]
@@ -281,21 +279,7 @@ pub async fn handshake_action(
 /// Authenticates the request and decides `action` on the caller's own account.
 async fn authorized(app: &App, req: &ApiRequest, action: &str) -> Result<Caller, Rejection> {
     let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
-    let resource = Resource::Account(TargetAccount {
-        id: caller.principal.user.account_id.clone(),
-        name: caller.principal.account_name.clone(),
-        organization: caller.principal.organization.as_ref().map(|o| o.id.clone()),
-    });
-    authorize::authorize(
-        app,
-        &caller,
-        Facts {
-            action,
-            resource,
-            method: req.method.as_str(),
-            path: &req.path,
-        },
-    )?;
+    api::authorize_on_own_account(app, &caller, action, req)?;
     Ok(caller)
 }
 

@@ -13,12 +13,9 @@ use serde::Serialize;
 use crate::api::auth::rfc3339;
 use crate::api::{self, ApiRequest};
 use crate::app::App;
-use crate::authz::{
-    Diagnostic, LoadFailure, OrgStatusKind, ReloadRequester, ReloadTrigger, Resource,
-};
+use crate::authz::{Diagnostic, LoadFailure, OrgStatusKind, ReloadRequester, ReloadTrigger};
 use crate::body::Body;
 use crate::server::authn::{self, Allow, Caller};
-use crate::server::authorize::{self, Facts};
 use crate::server::rejection::Rejection;
 
 #[derive(Serialize)]
@@ -60,7 +57,7 @@ struct ReloadError<'a> {
 /// `GET /policies`.
 pub async fn describe(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Rejection> {
     let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
-    authorize_own(app, &caller, "policy:Read", &req)?;
+    api::authorize_on_own_account(app, &caller, "policy:Read", &req)?;
     app.sync_policy_metrics();
     let snapshot = app.policies.load();
     let last_error = app
@@ -82,7 +79,7 @@ pub async fn describe(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>,
 /// diagnostics (the last good set stays active).
 pub async fn reload(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Rejection> {
     let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
-    authorize_own(app, &caller, "policy:Reload", &req)?;
+    api::authorize_on_own_account(app, &caller, "policy:Reload", &req)?;
     let request_id = req.request_id.clone();
     req.discard_body(app).await?;
     let policies = app.policies.clone();
@@ -188,28 +185,4 @@ fn own_organization(app: &App, caller: &Caller) -> Vec<OrgView> {
             reason: "no guardrails folder: full access".to_owned(),
         },
     }]
-}
-
-fn authorize_own(
-    app: &App,
-    caller: &Caller,
-    action: &str,
-    req: &ApiRequest,
-) -> Result<(), Rejection> {
-    let resource = Resource::Account(crate::authz::TargetAccount {
-        id: caller.principal.user.account_id.clone(),
-        name: caller.principal.account_name.clone(),
-        organization: caller.principal.organization.as_ref().map(|o| o.id.clone()),
-    });
-    authorize::authorize(
-        app,
-        caller,
-        Facts {
-            action,
-            resource,
-            method: req.method.as_str(),
-            path: &req.path,
-        },
-    )
-    .map(|_| ())
 }

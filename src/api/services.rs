@@ -15,8 +15,8 @@ use http::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::api::auth::rfc3339;
-use crate::api::groups::{authorize_on_own_account, own_account};
 use crate::api::{self, ApiRequest};
+use crate::api::{authorize_on_own_account, own_account};
 use crate::app::App;
 use crate::authz::Resource;
 use crate::body::Body;
