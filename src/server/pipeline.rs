@@ -1,7 +1,7 @@
 //! The request pipeline: what happens to every request, in order.
 //!
 //! ```text
-//! request id -> target checks -> /svc/{service}/{path}?  -> route -> forward -> response
+//! request id -> target and head checks -> /svc/{service}/{path}?  -> route -> forward -> response
 //!                              otherwise                 -> ops endpoints / JSON API
 //! ```
 //!
@@ -24,6 +24,7 @@ use crate::journal::{Charge, Journal, LedgerEntry, MeteredCall, RecordId, Transf
 use crate::metrics::{RequestLabels, ServiceLabels, UpstreamErrorLabels};
 use crate::server::authn::{self, Allow, Caller};
 use crate::server::authorize::{self, Facts};
+use crate::server::message;
 use crate::server::path;
 use crate::server::rejection::{self, Rejection};
 use crate::server::route::{Matched, Route};
@@ -74,6 +75,13 @@ async fn dispatch(
         ));
     }
     let path = uri.path();
+    message::check(
+        request.method(),
+        request.version(),
+        path,
+        request.headers(),
+        app.config.server.max_header_bytes,
+    )?;
     if let Some(rest) = path.strip_prefix("/svc/") {
         path::check(path)?;
         let (service, service_path) = match rest.find('/') {
