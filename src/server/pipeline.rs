@@ -233,6 +233,13 @@ async fn forward(
                 route.max_body.unwrap_or_default(),
             ));
         }
+        // A malformed or cut-off request body is the client's fault too, not the upstream's.
+        Err(_) if request_bytes.failed() => {
+            return Err(Rejection::bad_request(
+                "InvalidBody",
+                "the request body could not be read (malformed chunked encoding or a cut connection); send it again",
+            ));
+        }
         Err(e) => {
             let kind = match e {
                 UpstreamError::Unavailable { .. } => "unavailable",
