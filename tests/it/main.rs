@@ -12,6 +12,7 @@ mod auth;
 mod config_errors;
 mod forwarding;
 mod groups;
+mod hardening;
 mod ops;
 mod org;
 mod policies;
