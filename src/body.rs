@@ -2,7 +2,8 @@
 //! forwarding path needs. Bodies stream; nothing here buffers a whole body.
 //!
 //! - `Capped` counts request bytes on their way to the upstream and fails the stream once a
-//!   route's cap is passed (the pipeline then answers 413).
+//!   route's cap is passed (the pipeline then answers 413); it also notes when the client's own
+//!   body failed (the pipeline then answers 400, not 502).
 //! - `Counted` counts response bytes as they are actually handed to the client and reports,
 //!   once, how the body ended (complete, failed or dropped by the client).
 
@@ -37,6 +38,7 @@ pub fn empty() -> Body {
 pub struct CapStats {
     bytes: AtomicU64,
     exceeded: AtomicBool,
+    failed: AtomicBool,
 }
 
 /// A request body that fails once more than `limit` bytes went through.
@@ -84,6 +86,11 @@ impl CapStats {
     pub fn exceeded(&self) -> bool {
         self.exceeded.load(Ordering::Acquire)
     }
+
+    /// The client's body itself failed (malformed chunking, a connection cut mid-body).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
 }
 
 // === impl Capped ===
@@ -116,7 +123,10 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                self.stats.failed.store(true, Ordering::Release);
+                return Poll::Ready(Some(Err(e.into())));
+            }
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };

@@ -6,6 +6,7 @@
 
 pub mod authn;
 pub mod authorize;
+pub mod message;
 pub mod path;
 pub mod pipeline;
 pub mod rejection;

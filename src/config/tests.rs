@@ -163,3 +163,86 @@ fn audit_retention_is_a_duration_of_at_least_a_day() {
     let p = problems(&format!("[audit]\nretain = \"90d\"\n{MINIMAL}"));
     assert_eq!(keys(&p), ["audit.retain"]);
 }
+
+/// Property tests: no input makes config parsing panic, problems are always named, and sizes
+/// and durations parse to exactly what they say. `PROPTEST_CASES` raises the case count
+/// (docs/hardening.md).
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(256),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// The shipped config with one line replaced by `line` (or dropped).
+    fn mutated() -> impl Strategy<Value = String> {
+        let lines: Vec<String> = EMBEDDED_DEFAULT.lines().map(str::to_owned).collect();
+        let count = lines.len();
+        let replacement = prop_oneof![
+            Just(String::new()),
+            Just("[[services]]".to_owned()),
+            Just("[[services.routes]]".to_owned()),
+            "[a-z_.]{1,20} = \"[ -~]{0,20}\"",
+            "[a-z_]{1,12} = -?[0-9]{1,25}",
+            "(timeout|max_body|header_read_timeout|max_header_bytes|per_request|listen|upstream|path|method) = \"[ -~]{0,24}\"",
+            "[ -~]{0,40}",
+        ];
+        (0..count, replacement).prop_map(move |(at, line)| {
+            let mut lines = lines.clone();
+            if let Some(slot) = lines.get_mut(at) {
+                *slot = line;
+            }
+            lines.join("\n")
+        })
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn a_mutated_config_parses_or_names_its_problems(text in mutated()) {
+            if let Err(problems) = Config::parse(&text) {
+                prop_assert!(!problems.is_empty());
+                for p in &problems {
+                    prop_assert!(!p.key.is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "[ -~\n\\[\\]=\"]{0,200}") {
+            let _ = Config::parse(&text);
+        }
+
+        #[test]
+        fn sizes_and_durations_are_exact(n in any::<u64>(), unit in 0usize..7) {
+            let (suffix, mult) = [("", 1u64), ("B", 1), ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("KB", 1000), ("MB", 1_000_000)]
+                .get(unit)
+                .copied()
+                .unwrap_or(("", 1));
+            match (parse_size(&format!("{n}{suffix}")), n.checked_mul(mult)) {
+                (Ok(v), Some(expected)) => prop_assert_eq!(v, expected),
+                (Err(_), None) => {}
+                (got, expected) => prop_assert!(false, "{}{}: {:?} vs {:?}", n, suffix, got, expected),
+            }
+            let (suffix, secs) = [("s", 1u64), ("m", 60), ("h", 3600), ("d", 86_400)]
+                .get(unit % 4)
+                .copied()
+                .unwrap_or(("s", 1));
+            match (parse_duration(&format!("{n}{suffix}")), n.checked_mul(secs)) {
+                (Ok(v), Some(expected)) => prop_assert_eq!(v, std::time::Duration::from_secs(expected)),
+                (Err(_), None) => {}
+                (got, expected) => prop_assert!(false, "{}{}: {:?} vs {:?}", n, suffix, got, expected),
+            }
+        }
+    }
+}

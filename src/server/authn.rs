@@ -129,6 +129,15 @@ fn bearer(headers: &HeaderMap) -> Result<&str, Rejection> {
             "send `Authorization: Bearer <token>`; get a token from POST /auth/login or POST /auth/token",
         )
     })?;
+    // Two credentials are ambiguous: a proxy in front may have checked the other one.
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(invalid_token("send exactly one Authorization header"));
+    }
     let value = value
         .to_str()
         .map_err(|_| invalid_token("the Authorization header is not valid text"))?;

@@ -1,6 +1,7 @@
 //! Refuses request targets that could mean different things to tollgate and to an upstream,
-//! before any routing (SPEC F1): dot segments, encoded slashes and dots, backslashes, empty
-//! segments, control characters, bad or non-UTF-8 percent-encoding.
+//! before any routing (SPEC F1): dot segments (also with a `;` parameter, `..;`), encoded
+//! slashes and dots (also double-encoded, `%252e`), backslashes, empty segments, control
+//! characters, raw non-ASCII bytes, bad or non-UTF-8 percent-encoding.
 //!
 //! What passes is forwarded byte for byte as received, so the upstream sees exactly the path
 //! that was routed and authorized.
@@ -18,6 +19,8 @@ pub enum PathError {
     EncodedSeparator,
     #[error("the path may not contain `\\`")]
     Backslash,
+    #[error("the path contains a raw non-ASCII byte; percent-encode it")]
+    NotAscii,
     #[error("the path contains a control character or space")]
     ControlCharacter,
     #[error("the path contains a malformed percent-encoding")]
@@ -50,6 +53,7 @@ pub fn check(raw: &str) -> Result<(), PathError> {
             }
             b'\\' => return Err(PathError::Backslash),
             0..=0x20 | 0x7f => return Err(PathError::ControlCharacter),
+            0x80.. => return Err(PathError::NotAscii),
             _ => {
                 decoded.push(b);
                 i += 1;
@@ -59,10 +63,22 @@ pub fn check(raw: &str) -> Result<(), PathError> {
     if std::str::from_utf8(&decoded).is_err() {
         return Err(PathError::NotUtf8);
     }
+    // Double encoding: an upstream (or a framework in front of it) that decodes once more would
+    // see a separator or a dot that was never checked here.
+    if decoded.windows(3).any(|w| {
+        matches!(w, [b'%', hi, lo] if matches!(
+            hex_value(*hi).zip(hex_value(*lo)).map(|(h, l)| h * 16 + l),
+            Some(b'/' | b'\\' | b'.')
+        ))
+    }) {
+        return Err(PathError::EncodedSeparator);
+    }
     let segments: Vec<&str> = rest.split('/').collect();
     let last = segments.len().saturating_sub(1);
     for (n, segment) in segments.iter().enumerate() {
-        match *segment {
+        // `..;x` is `..` to servers that strip path parameters (Tomcat, Jetty and others).
+        let bare = segment.split(';').next().unwrap_or_default();
+        match bare {
             "." | ".." => return Err(PathError::DotSegment),
             "" if n != last => return Err(PathError::EmptySegment),
             _ => {}
@@ -93,6 +109,10 @@ mod tests {
             "/a%20b",
             "/caf%C3%A9",
             "/x~y-z_1",
+            "/a;b",
+            "/a/...",
+            "/100%25",
+            "/a%2541",
         ] {
             assert_eq!(check(ok), Ok(()), "{ok}");
         }
@@ -117,9 +137,104 @@ mod tests {
             ("/a%2", PathError::BadPercentEncoding),
             ("/a%ff", PathError::NotUtf8),
             ("a/b", PathError::NotAbsolute),
+            ("/a/%252e%252e/b", PathError::EncodedSeparator),
+            ("/a%252Fb", PathError::EncodedSeparator),
+            ("/a%255cb", PathError::EncodedSeparator),
+            ("/a/..;/b", PathError::DotSegment),
+            ("/a/..;x=1/b", PathError::DotSegment),
+            ("/a/.;/b", PathError::DotSegment),
+            ("/a/%c0%ae%c0%ae/b", PathError::NotUtf8),
+            ("/caf\u{e9}", PathError::NotAscii),
         ];
         for (path, expected) in cases {
             assert_eq!(check(path), Err(expected), "{path}");
+        }
+    }
+}
+
+/// Property tests: `check` never panics, and what it accepts means one thing to every reader:
+/// decoding once (or twice, for an upstream that decodes again) yields the same segments, none
+/// of them a dot segment. `PROPTEST_CASES` raises the case count (docs/hardening.md).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2048),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn tricky_path() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("/".to_owned()),
+            Just(".".to_owned()),
+            Just("..".to_owned()),
+            Just(";".to_owned()),
+            Just("%".to_owned()),
+            Just("%25".to_owned()),
+            Just("%2e".to_owned()),
+            Just("%2E".to_owned()),
+            Just("%2f".to_owned()),
+            Just("%5c".to_owned()),
+            Just("%c0%ae".to_owned()),
+            Just("%e2%80%ae".to_owned()),
+            Just("\\".to_owned()),
+            Just("2e".to_owned()),
+            Just("2f".to_owned()),
+            "[a-z0-9]{1,3}",
+            "%[0-9a-fA-F]{2}",
+            any::<char>().prop_map(String::from),
+        ];
+        proptest::collection::vec(piece, 0..14).prop_map(|p| format!("/{}", p.concat()))
+    }
+
+    fn decode(bytes: &[u8]) -> Vec<u8> {
+        percent_encoding::percent_decode(bytes).collect()
+    }
+
+    fn segments(path: &[u8]) -> Vec<&[u8]> {
+        path.split(|b| *b == b'/').collect()
+    }
+
+    fn is_dot(segment: &[u8]) -> bool {
+        let bare = segment.split(|b| *b == b';').next().unwrap_or_default();
+        bare == b"." || bare == b".."
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn accepted_paths_mean_the_same_once_or_twice_decoded(raw in tricky_path()) {
+            if check(&raw).is_ok() {
+                let once = decode(raw.as_bytes());
+                let twice = decode(&once);
+                prop_assert!(std::str::from_utf8(&once).is_ok());
+                prop_assert!(!once.iter().any(|b| b.is_ascii_control() || *b == b'\\'));
+                prop_assert!(!twice.contains(&b'\\'));
+                let raw_segments = segments(raw.as_bytes()).len();
+                prop_assert_eq!(segments(&once).len(), raw_segments, "an encoded slash passed");
+                prop_assert_eq!(segments(&twice).len(), raw_segments, "a double-encoded slash passed");
+                for decoded in [&once, &twice] {
+                    let all = segments(decoded);
+                    prop_assert!(!all.iter().any(|s| is_dot(s)), "a dot segment passed: {}", raw);
+                    let inner = all.len().saturating_sub(2);
+                    prop_assert!(!all.iter().skip(1).take(inner).any(|s| s.is_empty()), "an empty segment passed: {}", raw);
+                }
+            }
+        }
+
+        #[test]
+        fn any_string_gets_an_answer(raw in any::<String>()) {
+            let _ = check(&raw);
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The request pipeline: what happens to every request, in order.
 //!
 //! ```text
-//! request id -> target checks -> /svc/{service}/{path}?  -> route -> forward -> response
+//! request id -> target and head checks -> /svc/{service}/{path}?  -> route -> forward -> response
 //!                              otherwise                 -> ops endpoints / JSON API
 //! ```
 //!
@@ -24,6 +24,7 @@ use crate::journal::{Charge, Journal, LedgerEntry, MeteredCall, RecordId, Transf
 use crate::metrics::{RequestLabels, ServiceLabels, UpstreamErrorLabels};
 use crate::server::authn::{self, Allow, Caller};
 use crate::server::authorize::{self, Facts};
+use crate::server::message;
 use crate::server::path;
 use crate::server::rejection::{self, Rejection};
 use crate::server::route::{Matched, Route};
@@ -87,6 +88,13 @@ async fn dispatch(
         ));
     }
     let path = uri.path();
+    message::check(
+        request.method(),
+        request.version(),
+        path,
+        request.headers(),
+        app.config.server.max_header_bytes,
+    )?;
     if let Some(rest) = path.strip_prefix("/svc/") {
         path::check(path)?;
         let (service, service_path) = match rest.find('/') {
@@ -237,6 +245,13 @@ async fn forward(
         Err(_) if request_bytes.exceeded() => {
             return Err(rejection::payload_too_large(
                 route.max_body.unwrap_or_default(),
+            ));
+        }
+        // A malformed or cut-off request body is the client's fault too, not the upstream's.
+        Err(_) if request_bytes.failed() => {
+            return Err(Rejection::bad_request(
+                "InvalidBody",
+                "the request body could not be read (malformed chunked encoding or a cut connection); send it again",
             ));
         }
         Err(e) => {

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::body::{self, Body};
 use crate::ids::RequestId;
+use crate::server::message::MessageError;
 use crate::server::path::PathError;
 use crate::server::route::RouteError;
 use crate::store::StoreError;
@@ -114,6 +115,29 @@ impl Rejection {
 impl From<PathError> for Rejection {
     fn from(e: PathError) -> Self {
         Rejection::bad_request("InvalidPath", format!("{e}; send the canonical path"))
+    }
+}
+
+impl From<MessageError> for Rejection {
+    fn from(e: MessageError) -> Self {
+        match e {
+            MessageError::NotOriginForm => Rejection::bad_request(
+                "InvalidTarget",
+                format!("{e}; send `METHOD /path HTTP/1.1`"),
+            ),
+            MessageError::HostCount | MessageError::HostMalformed => Rejection::bad_request(
+                "InvalidHost",
+                format!("{e}, like `Host: gateway.example:8080`"),
+            ),
+            MessageError::AmbiguousLength => {
+                Rejection::bad_request("AmbiguousLength", format!("{e}; send one of them"))
+            }
+            MessageError::HeadTooLarge { .. } => Rejection::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "HeadersTooLarge",
+                format!("{e}; send fewer or shorter headers"),
+            ),
+        }
     }
 }
 

@@ -282,3 +282,84 @@ upstream = "http://127.0.0.1:1"
         ));
     }
 }
+
+/// Property tests: routing any path of the shipped services never panics, and agrees with a
+/// plain reference reading of the patterns (`*` is one non-empty segment, or, last, the rest).
+/// `PROPTEST_CASES` raises the case count (docs/hardening.md).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1024),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn reference(pattern: &str, path: &str) -> bool {
+        let pattern: Vec<&str> = pattern.split('/').skip(1).collect();
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        for (i, segment) in pattern.iter().enumerate() {
+            let Some(part) = parts.get(i) else {
+                return false;
+            };
+            let last = i + 1 == pattern.len();
+            match *segment {
+                "*" if part.is_empty() => return false,
+                "*" if last => return true,
+                "*" => {}
+                literal if literal != *part => return false,
+                _ => {}
+            }
+        }
+        parts.len() == pattern.len()
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("/".to_owned()),
+            Just("objects".to_owned()),
+            Just("tickets".to_owned()),
+            Just("instances".to_owned()),
+            Just("*".to_owned()),
+            "[a-z0-9.%-]{1,6}",
+        ];
+        proptest::collection::vec(piece, 0..8).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn routing_agrees_with_the_reference(
+            path in path(),
+            method in prop_oneof![Just("GET"), Just("PUT"), Just("POST"), Just("DELETE"), Just("PATCH")],
+        ) {
+            let config = Config::embedded_default().unwrap_or_else(|p| panic!("{p:?}"));
+            let table = RouteTable::compile(&config).unwrap_or_else(|e| panic!("{e}"));
+            let method = http::Method::from_bytes(method.as_bytes()).unwrap_or_default();
+            for service in &config.services {
+                let expected = service.routes.iter().find(|r| {
+                    r.method.as_ref().is_none_or(|m| *m == method) && reference(&r.path, &path)
+                });
+                let got = table.route(&service.name, &method, &path);
+                match (expected, got) {
+                    (Some(r), Ok(m)) => prop_assert_eq!(&r.action, &m.route.action),
+                    (None, Err(RouteError::NoSuchRoute { .. })) => {}
+                    (e, g) => prop_assert!(false, "{} {} {}: expected {:?}, got {:?}",
+                        service.name, method, path, e.map(|r| &r.action), g.map(|m| m.route.action.clone())),
+                }
+            }
+        }
+    }
+}

@@ -15,6 +15,7 @@ mod decisions;
 mod demo;
 mod forwarding;
 mod groups;
+mod hardening;
 mod openapi;
 mod ops;
 mod org;

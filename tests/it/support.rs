@@ -4,8 +4,10 @@
 //! executable.
 
 pub mod client;
+pub mod faulty;
 pub mod gateway;
 pub mod mfa;
+pub mod process;
 pub mod upstream;
 
 pub use client::Client;

@@ -545,3 +545,98 @@ fn sign_with_kid_of(f: &Fixture, kid: &str, claims: &serde_json::Value) -> Strin
     }
     panic!("no key file for {kid}");
 }
+
+/// Property tests: whatever bytes arrive as a token, `verify` answers (never panics), and no
+/// change to a genuine token is accepted. `PROPTEST_CASES` raises the case count for longer
+/// campaigns (docs/hardening.md).
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(64),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Pieces tokens are made of, so random strings look like tokens often enough to go deep.
+    fn token_like() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just(".".to_owned()),
+            Just("eyJ".to_owned()),
+            Just("eyJhbGciOiJFZERTQSJ9".to_owned()),
+            Just("eyJhbGciOiJub25lIn0".to_owned()),
+            "[A-Za-z0-9_-]{0,40}",
+            "[ -~]{0,8}",
+            any::<char>().prop_map(String::from),
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn arbitrary_input_never_panics_and_never_verifies(input in token_like()) {
+            let f = fixture();
+            prop_assert!(verify(&f, &input).is_err());
+        }
+
+        #[test]
+        fn any_single_byte_change_to_a_real_token_is_refused(
+            at in any::<proptest::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let f = fixture();
+            let token = issue(&f, f.t0);
+            let mut bytes = token.clone().into_bytes();
+            let i = at.index(bytes.len());
+            let Some(slot) = bytes.get_mut(i) else { return Ok(()) };
+            prop_assume!(*slot != byte);
+            *slot = byte;
+            let changed = String::from_utf8_lossy(&bytes).into_owned();
+            prop_assert!(
+                verify(&f, &changed).is_err(),
+                "byte {} of the token changed to {:#04x} and it still verified", i, byte
+            );
+        }
+
+        #[test]
+        fn signed_claims_of_any_shape_never_panic(
+            sub in "[ -~]{0,80}",
+            acct in "[0-9a-z]{0,14}",
+            iat in any::<i64>(),
+            exp in any::<i64>(),
+            nbf in proptest::option::of(any::<i64>()),
+            iat_ms in proptest::option::of(any::<i64>()),
+            scope in "(service|identity|mfa-enroll|[a-z]{0,8})",
+        ) {
+            let f = fixture();
+            let mut claims = good_claims(&f);
+            claims["sub"] = json!(sub);
+            claims["acct"] = json!(acct);
+            claims["iat"] = json!(iat);
+            claims["exp"] = json!(exp);
+            claims["scope"] = json!(scope);
+            if let Some(nbf) = nbf {
+                claims["nbf"] = json!(nbf);
+            }
+            if let Some(ms) = iat_ms {
+                claims["iat_ms"] = json!(ms);
+            }
+            let token = sign_with_ring(&f, &claims);
+            if let Ok(verified) = verify(&f, &token) {
+                // Whatever passes is live now and names a well-formed principal.
+                let now = f.t0 + Duration::minutes(1);
+                prop_assert!(verified.expires_at > now);
+                prop_assert_eq!(verified.scope, Scope::Service);
+            }
+        }
+    }
+}
