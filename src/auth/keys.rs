@@ -150,6 +150,16 @@ impl KeyRing {
         }
     }
 
+    /// Whether a token signed by `kid` would still be verified at `now` (the verified-token
+    /// cache asks this on every hit, so a key past its grace stops a cached token at once).
+    pub fn accepts(&self, kid: &Kid, now: DateTime<Utc>) -> bool {
+        let keys = self.keys.read();
+        let Some(index) = keys.iter().position(|k| &k.kid == kid) else {
+            return false;
+        };
+        !matches!(keys.get(index + 1), Some(successor) if successor.created_at + self.max_token_ttl <= now)
+    }
+
     /// Makes a new active key; older keys keep verifying until their grace ends.
     pub fn rotate(&self, now: DateTime<Utc>) -> Result<Kid, KeyError> {
         let newest = self.keys.read().last().map(|k| k.created_at);
