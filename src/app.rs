@@ -87,6 +87,8 @@ impl App {
         let routes = RouteTable::compile(&config).map_err(StartupError::Routes)?;
         let metrics = Arc::new(Metrics::new());
         let (journal, journal_task) = Journal::open(store.path(), clock.clone(), metrics.clone())?;
+        // Turns on the store's caller cache: no store round trip per request for the caller.
+        store.attach_spend_book(journal.spend_book());
         let app = App {
             config,
             clock,

@@ -9,6 +9,7 @@
 mod support;
 
 mod auth;
+mod caching;
 mod config_errors;
 mod forwarding;
 mod groups;
