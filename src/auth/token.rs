@@ -27,6 +27,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use dashmap::DashMap;
+use ed25519_dalek::Signer as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -418,8 +419,18 @@ impl TokenIssuer {
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(active.kid.to_string());
-        let token = jsonwebtoken::encode(&header, &wire, &active.encoding)
-            .map_err(|e| TokenError::Signing(e.to_string()))?;
+        // What `jsonwebtoken::encode` produces, signed with the pre-expanded key (see
+        // `ActiveKey::signing`): base64url(JSON header) . base64url(JSON claims) . signature.
+        let signing_error = |e: serde_json::Error| TokenError::Signing(e.to_string());
+        let header_json = serde_json::to_vec(&header).map_err(signing_error)?;
+        let claims_json = serde_json::to_vec(&wire).map_err(signing_error)?;
+        let mut token = String::with_capacity((header_json.len() + claims_json.len()) * 4 / 3 + 96);
+        URL_SAFE_NO_PAD.encode_string(&header_json, &mut token);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&claims_json, &mut token);
+        let signature = active.signing.sign(token.as_bytes());
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
         Ok(IssuedToken {
             token: Secret::new(token),
             jti,
