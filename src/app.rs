@@ -97,6 +97,8 @@ impl App {
             clock.clone(),
             tokio::runtime::Handle::try_current().ok(),
         )));
+        // Turns on the store's caller cache: no store round trip per request for the caller.
+        store.attach_spend_book(journal.spend_book());
         let app = App {
             config,
             clock,

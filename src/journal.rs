@@ -37,6 +37,7 @@ mod decisions;
 mod entry;
 mod ledger;
 mod read;
+mod spend;
 mod writer;
 
 #[cfg(test)]
@@ -67,6 +68,7 @@ pub use read::{
     QueryError, TierError, account_names, decision_by_request_id, final_month, for_each_decision,
     month_to_date_spend, open_reader, query_decisions, usage_for_bill,
 };
+pub use spend::SpendBook;
 
 /// Handle to the journal; cheap to clone, shared by every request.
 #[derive(Clone)]
@@ -194,6 +196,8 @@ struct Shared {
     ledger_records: AtomicU64,
     decision_records: AtomicU64,
     metrics: SharedMetrics,
+    /// Month-to-date spend as committed, kept current by the writer.
+    spend: Arc<SpendBook>,
 }
 
 // === impl Journal ===
@@ -226,6 +230,7 @@ impl Journal {
             ledger_records: AtomicU64::new(0),
             decision_records: AtomicU64::new(0),
             metrics,
+            spend: Arc::new(SpendBook::default()),
         });
         let (tx, rx) = std::sync::mpsc::sync_channel(options.queue_capacity.max(1));
         let thread_shared = shared.clone();
@@ -292,6 +297,12 @@ impl Journal {
         }))?;
         done.await
             .map_err(|_| JournalError::Unavailable("the journal writer stopped".into()))?
+    }
+
+    /// The committed month-to-date spend per account, kept current by the writer (for the
+    /// store's principal reads: no database read per request).
+    pub fn spend_book(&self) -> Arc<SpendBook> {
+        self.shared.spend.clone()
     }
 
     /// True while the last batch (or probe) committed. For `/readyz`.

@@ -216,6 +216,7 @@ pub async fn logout(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, R
         expired_password: true,
     };
     let caller = authn::authenticate(app, &req.headers, req.peer, allow).await?;
+    let token = authn::bearer(&req.headers).map(str::to_owned).ok();
     req.discard_body(app).await?;
     app.store
         .revoke_token(
@@ -224,6 +225,9 @@ pub async fn logout(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, R
             app.clock.now(),
         )
         .await?;
+    if let Some(token) = token {
+        app.tokens.forget(&token);
+    }
     Ok(api::no_content())
 }
 

@@ -15,6 +15,7 @@ use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -43,6 +44,10 @@ pub struct KeyRing {
 pub struct ActiveKey {
     pub kid: Kid,
     pub encoding: EncodingKey,
+    /// The same key, already expanded: jsonwebtoken re-parses the PKCS#8 DER and recomputes
+    /// the public key on every `encode` (about as costly as the signature itself), so tokens
+    /// are signed with this instead.
+    pub signing: Arc<SigningKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,7 @@ struct KeyEntry {
     path: PathBuf,
     public: [u8; 32],
     encoding: EncodingKey,
+    signing: Arc<SigningKey>,
     decoding: DecodingKey,
 }
 
@@ -136,6 +142,7 @@ impl KeyRing {
         self.keys.read().last().map(|k| ActiveKey {
             kid: k.kid.clone(),
             encoding: k.encoding.clone(),
+            signing: k.signing.clone(),
         })
     }
 
@@ -148,6 +155,16 @@ impl KeyRing {
             Some(successor) if successor.created_at + self.max_token_ttl <= now => None,
             _ => keys.get(index).map(|k| k.decoding.clone()),
         }
+    }
+
+    /// Whether a token signed by `kid` would still be verified at `now` (the verified-token
+    /// cache asks this on every hit, so a key past its grace stops a cached token at once).
+    pub fn accepts(&self, kid: &Kid, now: DateTime<Utc>) -> bool {
+        let keys = self.keys.read();
+        let Some(index) = keys.iter().position(|k| &k.kid == kid) else {
+            return false;
+        };
+        !matches!(keys.get(index + 1), Some(successor) if successor.created_at + self.max_token_ttl <= now)
     }
 
     /// Makes a new active key; older keys keep verifying until their grace ends.
@@ -360,6 +377,7 @@ fn entry_for(
         path,
         public,
         encoding: EncodingKey::from_ed_der(pkcs8_der),
+        signing: Arc::new(signing.clone()),
         decoding,
     })
 }

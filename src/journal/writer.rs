@@ -75,6 +75,8 @@ struct Committed {
     finalized: Option<Result<FinalMonth, FinalizeError>>,
     ledger_records: u64,
     decision_records: u64,
+    /// `(account, month, total)` written to `ledger_spend`.
+    spend: Vec<(String, String, Money)>,
 }
 
 // === impl WriterState ===
@@ -141,6 +143,8 @@ impl WriterState {
                     self.finals.insert((f.payer.as_str().to_owned(), f.month));
                 }
                 *shared.heads.lock() = self.heads();
+                // Before any ack: a request that follows an acknowledged call sees its spend.
+                shared.spend.set(done.spend);
                 if !shared.healthy.swap(true, Ordering::AcqRel) {
                     tracing::info!("journal writes succeed again");
                 }
@@ -326,8 +330,10 @@ fn write_batch(
             }
         }
     }
+    let mut totals = Vec::with_capacity(spend.len());
     for ((account, month), (amount, records)) in spend {
-        add_spend(&tx, &account, &month, amount, records)?;
+        let total = add_spend(&tx, &account, &month, amount, records)?;
+        totals.push((account, month, total));
     }
     let finalized = match final_cmd {
         Some(cmd) => Some(mark_final(&tx, finals, cmd, commit_time).map_err(sql)?),
@@ -341,6 +347,7 @@ fn write_batch(
         finalized,
         ledger_records,
         decision_records,
+        spend: totals,
     })
 }
 
@@ -367,7 +374,7 @@ fn add_spend(
     month: &str,
     amount: Money,
     records: i64,
-) -> Result<(), String> {
+) -> Result<Money, String> {
     let current: Option<String> = tx
         .prepare_cached("SELECT amount FROM ledger_spend WHERE account_id = ?1 AND month = ?2")
         .and_then(|mut s| {
@@ -387,7 +394,7 @@ fn add_spend(
     )
     .and_then(|mut s| s.execute(params![account, month, total.to_string(), records]))
     .map_err(|e| e.to_string())?;
-    Ok(())
+    Ok(total)
 }
 
 /// Seals a month inside the batch's transaction. The outer error is a store failure (the

@@ -121,7 +121,7 @@ pub async fn authenticate(
     })
 }
 
-fn bearer(headers: &HeaderMap) -> Result<&str, Rejection> {
+pub fn bearer(headers: &HeaderMap) -> Result<&str, Rejection> {
     let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
         Rejection::new(
             StatusCode::UNAUTHORIZED,

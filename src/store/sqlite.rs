@@ -4,20 +4,40 @@
 //! Blocking SQLite calls run on tokio's blocking pool, never on a reactor thread. Schema changes
 //! are numbered migrations tracked in `PRAGMA user_version`; a database from a newer tollgate is
 //! refused rather than guessed at.
+//!
+//! # The caller cache
+//! Every request reads its caller (`principal`: user, groups, organization, revocation of its
+//! token) and the account's password policy. Those rows change rarely, so the answers are cached
+//! in memory ([`CallerCache`]) and the request skips the blocking pool and SQLite altogether.
+//! Correctness rests on one rule: **every call that changes any row bumps the store's
+//! generation before it returns** ([`SqliteStore::call`] compares SQLite's `total_changes`
+//! around the closure, so no write method can forget), and a cached answer is used only while
+//! the generation is the one it was read at (read under the same connection lock as the rows).
+//! A group change, a logout, a password change, an organization move: each is a write, so the
+//! very next request reads the store again (SPEC U7, U10). The month-to-date spend is not cached
+//! here: it comes from the journal's [`SpendBook`], which its writer keeps exactly at the
+//! committed `ledger_spend`. This holds because the serving process is the only writer of these
+//! tables (the CLI subcommands only read them); a store shared by several gateway instances
+//! (PostgreSQL scale-out) must not use this cache.
 
 pub mod accounts;
 pub mod org;
 pub mod services;
 
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, OpenFlags};
 
+use super::accounts::PrincipalRecord;
 use super::{Health, StoreError};
+use crate::auth::PasswordPolicyParams;
+use crate::journal::SpendBook;
 
 /// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`. Never edit a
 /// released entry: add a new one.
@@ -268,6 +288,24 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Bumped by every call that changed a row (module docs).
+    generation: AtomicU64,
+    callers: RwLock<CallerCache>,
+    /// The journal's spend book, once the journal is open; without it nothing is cached.
+    spend: OnceLock<Arc<SpendBook>>,
+}
+
+/// Most principals (one per live token) or password policies cached; beyond it the cache
+/// starts over.
+pub const CALLER_CACHE_CAPACITY: usize = 64 * 1024;
+
+/// Answers read at one store generation; all of them are dropped when it moves on.
+#[derive(Default)]
+pub(crate) struct CallerCache {
+    generation: u64,
+    /// `(account, user key, jti)` -> the principal, its spend left at zero (filled per request).
+    pub(crate) principals: HashMap<(String, String, String), PrincipalRecord>,
+    pub(crate) password_policies: HashMap<String, Option<PasswordPolicyParams>>,
 }
 
 // === impl SqliteStore ===
@@ -293,6 +331,9 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 conn: Mutex::new(conn),
+                generation: AtomicU64::new(0),
+                callers: RwLock::new(CallerCache::default()),
+                spend: OnceLock::new(),
             }),
         };
         store.migrate()?;
@@ -321,16 +362,73 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Runs `f` with the connection on the blocking pool.
+    /// Runs `f` with the connection on the blocking pool. If `f` changed any row (even in a
+    /// transaction it then rolled back), the generation moves on before this returns, so no
+    /// cached caller read before the change is used after it.
     pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&mut inner.conn.lock()))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.conn.lock();
+            let before = conn.total_changes();
+            let result = f(&mut conn);
+            if conn.total_changes() != before {
+                inner.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    /// Lets principal reads take the month-to-date spend from the journal's book, which turns
+    /// the caller cache on (module docs). Call once, right after opening the journal.
+    pub fn attach_spend_book(&self, book: Arc<SpendBook>) {
+        let _ = self.inner.spend.set(book);
+    }
+
+    pub(crate) fn spend_book(&self) -> Option<&Arc<SpendBook>> {
+        self.inner.spend.get()
+    }
+
+    /// The store's generation, read while holding the connection (so it matches the rows
+    /// read under the same lock).
+    pub(crate) fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on the cache if it is still at the current generation.
+    pub(crate) fn cached<T>(&self, f: impl FnOnce(&CallerCache) -> Option<T>) -> Option<T> {
+        self.inner.spend.get()?;
+        let cache = self.inner.callers.read();
+        if cache.generation != self.generation() {
+            return None;
+        }
+        f(&cache)
+    }
+
+    /// Stores answers read at `generation` (a later generation empties the cache first; an
+    /// answer from an older one is dropped).
+    pub(crate) fn remember(&self, generation: u64, f: impl FnOnce(&mut CallerCache)) {
+        if self.inner.spend.get().is_none() {
+            return;
+        }
+        let mut cache = self.inner.callers.write();
+        if generation < cache.generation {
+            return;
+        }
+        if generation > cache.generation
+            || cache.principals.len() >= CALLER_CACHE_CAPACITY
+            || cache.password_policies.len() >= CALLER_CACHE_CAPACITY
+        {
+            cache.principals.clear();
+            cache.password_policies.clear();
+            cache.generation = generation;
+        }
+        f(&mut cache);
     }
 }
 

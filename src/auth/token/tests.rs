@@ -149,6 +149,7 @@ fn identity_tokens_name_the_service_and_request_and_are_refused_by_the_gateway()
     let claims = f
         .issuer
         .verify_for(token, "storage", f.t0)
+        .map(|v| v.claims)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(claims.scope, Scope::Identity);
     assert_eq!(claims.request_id, Some(rid));
@@ -544,6 +545,66 @@ fn sign_with_kid_of(f: &Fixture, kid: &str, claims: &serde_json::Value) -> Strin
         }
     }
     panic!("no key file for {kid}");
+}
+
+// --- the verified-token cache ---------------------------------------------------------------
+
+#[test]
+fn a_cached_token_still_dies_at_its_exp() {
+    let f = fixture();
+    let token = issue(&f, f.t0);
+    assert!(f.issuer.verify(&token, f.t0).is_ok());
+    assert_eq!(f.issuer.cached_tokens(), 1);
+    // A hit just before `exp` is fine; at `exp` the cached entry is no help.
+    assert!(
+        f.issuer
+            .verify(&token, f.t0 + Duration::minutes(59))
+            .is_ok()
+    );
+    assert!(matches!(
+        f.issuer.verify(&token, f.t0 + Duration::hours(1)),
+        Err(TokenError::Expired { .. })
+    ));
+    assert_eq!(f.issuer.cached_tokens(), 0, "the expired entry is dropped");
+}
+
+// A cached token whose key is retired out: `rotation_keeps_old_tokens_valid_until_the_key_is_retired_out`
+// verifies (and so caches) the long-lived token before the grace ends and expects UnknownKey after.
+
+#[test]
+fn only_tokens_that_pass_every_check_are_cached() {
+    let f = fixture();
+    let mut claims = good_claims(&f);
+    claims["aud"] = json!("someone-else");
+    let wrong_audience = sign_with_ring(&f, &claims);
+    assert!(f.issuer.verify(&wrong_audience, f.t0).is_err());
+    assert!(f.issuer.verify(&wrong_audience, f.t0).is_err());
+    let token = issue(&f, f.t0);
+    let mut tampered = token.clone();
+    tampered.push('A');
+    assert!(f.issuer.verify(&tampered, f.t0).is_err());
+    assert_eq!(f.issuer.cached_tokens(), 0);
+    assert!(f.issuer.verify(&token, f.t0).is_ok());
+    assert_eq!(f.issuer.cached_tokens(), 1);
+    // A token that differs in one byte is another key: no hit, a full check, refused.
+    assert!(f.issuer.verify(&tampered, f.t0).is_err());
+    f.issuer.forget(&token);
+    assert_eq!(f.issuer.cached_tokens(), 0);
+}
+
+#[test]
+fn cached_and_uncached_verification_agree() {
+    let f = fixture();
+    let token = issue(&f, f.t0);
+    let full = f.issuer.verify_uncached(&token, f.t0);
+    let first = f.issuer.verify(&token, f.t0);
+    let hit = f.issuer.verify(&token, f.t0);
+    assert_eq!(full.ok(), first.ok());
+    assert_eq!(
+        f.issuer.verify_uncached(&token, f.t0).ok(),
+        hit.ok(),
+        "a hit returns the very claims a full verification gives"
+    );
 }
 
 /// Property tests: whatever bytes arrive as a token, `verify` answers (never panics), and no

@@ -284,8 +284,23 @@ impl AccountStore for SqliteStore {
         jti: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<PrincipalRecord>, StoreError> {
-        let (account, key, jti) = (account.clone(), user.key(), jti.to_owned());
+        let month = crate::billing::BillingMonth::containing(now)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            .to_string();
+        let key = (account.as_str().to_owned(), user.key(), jti.to_owned());
+        // The caller cache (see `store::sqlite`): no blocking hop while nothing changed.
+        if let Some(spend) = self
+            .spend_book()
+            .and_then(|b| b.get(account.as_str(), &month))
+            && let Some(mut found) = self.cached(|c| c.principals.get(&key).cloned())
+        {
+            found.month_to_date_spend = spend.as_decimal();
+            return Ok(Some(found));
+        }
+        let store = self.clone();
+        let account = account.clone();
         self.call(move |conn| {
+            let generation = store.generation();
             let tx = conn.transaction()?;
             let found = tx
                 .query_row(
@@ -293,7 +308,7 @@ impl AccountStore for SqliteStore {
                         "SELECT {USER_COLUMNS}, (SELECT name FROM accounts WHERE id = ?1)
                          FROM users WHERE account_id = ?1 AND name_key = ?2"
                     ),
-                    params![account.as_str(), key],
+                    params![account.as_str(), key.1],
                     |r| Ok((user_from_row(r)?, r.get::<_, String>(12)?)),
                 )
                 .optional()?;
@@ -307,7 +322,7 @@ impl AccountStore for SqliteStore {
                      WHERE m.account_id = ?1 AND m.user_key = ?2 ORDER BY g.name_key",
                 )?;
                 let names = stmt
-                    .query_map(params![account.as_str(), key], |r| r.get::<_, String>(0))?
+                    .query_map(params![account.as_str(), key.1], |r| r.get::<_, String>(0))?
                     .collect::<Result<Vec<_>, _>>()?;
                 names
                     .iter()
@@ -318,22 +333,34 @@ impl AccountStore for SqliteStore {
             let token_revoked = tx
                 .query_row(
                     "SELECT 1 FROM revoked_tokens WHERE jti = ?1",
-                    params![jti],
+                    params![key.2],
                     |_| Ok(()),
                 )
                 .optional()?
                 .is_some();
-            let month_to_date_spend = crate::journal::month_to_date_spend(&tx, &account, now)
-                .map(|m| m.as_decimal())
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            Ok(Some(PrincipalRecord {
+            let read_spend = || crate::journal::month_to_date_spend(&tx, &account, now);
+            let month_to_date_spend = match store.spend_book() {
+                Some(book) => book.get_or_load(account.as_str(), &month, read_spend),
+                None => read_spend(),
+            }
+            .map(|m| m.as_decimal())
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let record = PrincipalRecord {
                 user,
                 account_name,
                 groups,
                 organization,
                 token_revoked,
                 month_to_date_spend,
-            }))
+            };
+            let cached = PrincipalRecord {
+                month_to_date_spend: rust_decimal::Decimal::ZERO,
+                ..record.clone()
+            };
+            store.remember(generation, |c| {
+                c.principals.insert(key, cached);
+            });
+            Ok(Some(record))
         })
         .await
     }
@@ -462,9 +489,14 @@ impl AccountStore for SqliteStore {
         &self,
         account: &AccountId,
     ) -> Result<Option<PasswordPolicyParams>, StoreError> {
+        if let Some(found) = self.cached(|c| c.password_policies.get(account.as_str()).copied()) {
+            return Ok(found);
+        }
+        let store = self.clone();
         let account = account.clone();
         self.call(move |conn| {
-            Ok(conn
+            let generation = store.generation();
+            let found = conn
                 .query_row(
                     "SELECT min_length, require_uppercase, require_lowercase, require_digit, require_symbol,
                             max_age_days, reuse_prevention
@@ -482,7 +514,12 @@ impl AccountStore for SqliteStore {
                         })
                     },
                 )
-                .optional()?)
+                .optional()?;
+            store.remember(generation, |c| {
+                c.password_policies
+                    .insert(account.as_str().to_owned(), found);
+            });
+            Ok(found)
         })
         .await
     }
