@@ -2,7 +2,11 @@
 //!
 //! Argon2id costs ~15 ms of CPU per hash or verify (REFERENCE.md), so it never runs on the async
 //! executor: each call takes a permit from a semaphore, which bounds how many cores password
-//! work may occupy, and then runs on tokio's blocking pool. Parameters are the argon2 crate's
+//! work may occupy, and then runs on one of as many dedicated worker threads. Dedicated threads
+//! rather than tokio's blocking pool: each hash allocates 19 MiB, and the allocator keeps freed
+//! memory in per-thread arenas, so hashing on whichever of hundreds of blocking threads is free
+//! made a login flood grow the process by gigabytes (docs/benchmarks.md); a fixed set of threads
+//! bounds it to about `permits` x 19 MiB. Parameters are the argon2 crate's
 //! defaults (m = 19456 KiB, t = 2, p = 1: the OWASP baseline); a stored hash carries its own
 //! parameters, so raising them later still verifies old hashes.
 //!
@@ -25,15 +29,20 @@ use super::secret::Secret;
 /// request from buying unbounded hashing work, and 256 bytes is far beyond any human password.
 pub const MAX_PASSWORD_BYTES: usize = 256;
 
+/// A unit of password work for a hashing thread.
+type Job = Box<dyn FnOnce() + Send>;
+
 /// An Argon2id hash in PHC string form (`$argon2id$v=19$m=19456,t=2,p=1$salt$hash`): what the
 /// store keeps instead of a password. `Debug` hides it: a hash is offline-crackable material.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PasswordHash(String);
 
-/// Hashes and verifies passwords on the blocking pool, at most `permits` at a time.
+/// Hashes and verifies passwords on `permits` dedicated threads, at most `permits` at a time.
 #[derive(Clone)]
 pub struct PasswordHasher {
     permits: Arc<Semaphore>,
+    /// Work for the hashing threads; they exit when the last hasher clone is dropped.
+    jobs: std::sync::mpsc::Sender<Job>,
     /// Verified against when the user does not exist, so that case costs a real verify.
     dummy: Arc<OnceCell<PasswordHash>>,
 }
@@ -81,8 +90,34 @@ impl PasswordHasher {
     /// `permits` bounds concurrent Argon2 work (a count of 0 is treated as 1, since 0 would
     /// block every login forever). Use about the number of cores that may be spent on logins.
     pub fn new(permits: usize) -> Self {
+        let permits = permits.max(1);
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(parking_lot::Mutex::new(queue));
+        for i in 0..permits {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("tollgate-argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let job = queue.lock().recv();
+                        match job {
+                            // A panicking job must not take the thread (and every later
+                            // login) with it; its caller sees the dropped result instead.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
+        }
         Self {
-            permits: Arc::new(Semaphore::new(permits.max(1))),
+            permits: Arc::new(Semaphore::new(permits)),
+            jobs,
             dummy: Arc::new(OnceCell::new()),
         }
     }
@@ -162,15 +197,21 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, PasswordError> {
-        // Held until the blocking work ends: it bounds CPU, not just queueing.
+        // Held until the work ends: it bounds CPU and memory, not just queueing.
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|e| PasswordError::Worker(e.to_string()))?;
-        tokio::task::spawn_blocking(work)
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = done.send(work());
+            }))
+            .map_err(|_| PasswordError::Worker("the hashing threads are gone".into()))?;
+        result
             .await
-            .map_err(|e| PasswordError::Worker(e.to_string()))
+            .map_err(|_| PasswordError::Worker("the hashing thread failed".into()))
     }
 }
 
