@@ -15,6 +15,7 @@ use tollgate::clock::Clock;
 use tollgate::ids::{AccountId, HandshakeId};
 
 use crate::support::gateway::copy_policies;
+use crate::support::org::write;
 use crate::support::{Account, TestGateway, Upstream, binary};
 
 // === scaffolding ===
@@ -118,12 +119,6 @@ async fn organization(
     let payer = gw.mfa_login(&payer).await;
     let member = gw.relogin(&member).await;
     (payer, member, org.id.to_string())
-}
-
-fn write(dir: &Path, relative: &str, text: &str) {
-    let path = dir.join(relative);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
 }
 
 async fn reload(account: &Account) -> crate::support::client::TestResponse {

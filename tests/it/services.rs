@@ -3,7 +3,7 @@
 //! sentence end to end: a linked account signs up, calls and takes a plan unless the payer
 //! restricts it with an all-features guardrail.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, TimeZone, Utc};
 use http::{Method, StatusCode};
@@ -14,17 +14,12 @@ use tollgate::clock::Clock;
 use tollgate::config::PlanConfig;
 use tollgate::ids::AccountId;
 
-use crate::support::gateway::{copy_policies, oathtool};
+use crate::support::gateway::copy_policies;
+use crate::support::org::{with_mfa, write};
 use crate::support::{Account, TestGateway, Upstream};
 
 fn secs(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-fn write(dir: &Path, relative: &str, text: &str) {
-    let path = dir.join(relative);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
 }
 
 fn signup_path(account: &Account, service: &str) -> String {
@@ -431,59 +426,6 @@ async fn consolidated_billing_world() -> World {
     }
 }
 
-async fn enable_all_features(w: &World) {
-    let orgs = &w.gw.app.orgs;
-    let payer = AccountId::parse(&w.payer.id).unwrap();
-    let member = AccountId::parse(&w.member.id).unwrap();
-    let now = || w.gw.clock.now();
-    let parent = orgs
-        .enable_all_features(&payer, now())
-        .await
-        .expect("enable");
-    for handshake in orgs.handshakes_for(&member, now()).await.expect("list") {
-        if handshake.parent_id.as_ref() == Some(&parent.id) {
-            orgs.accept(&member, &handshake.id, now())
-                .await
-                .expect("approve");
-        }
-    }
-    orgs.accept(&payer, &parent.id, now())
-        .await
-        .expect("finish");
-}
-
-/// Enrolls MFA for the account's owner with a real `oathtool` code and logs in with MFA.
-async fn with_mfa(gw: &TestGateway, account: Account) -> Account {
-    let path = format!("/accounts/{}/users/{}/mfa", account.id, account.owner);
-    let r = account.client.post_json(&path, serde_json::json!({})).await;
-    assert_eq!(r.status, StatusCode::OK, "enroll: {}", r.text());
-    let secret = r.json()["secret"].as_str().unwrap().to_owned();
-    let code = oathtool(&secret, gw.clock.now().timestamp());
-    let r = account
-        .client
-        .post_json(
-            &format!("{path}/verify"),
-            serde_json::json!({ "code": code }),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "verify: {}", r.text());
-    gw.clock.advance(ChronoDuration::seconds(30));
-    let code = oathtool(&secret, gw.clock.now().timestamp());
-    let r = gw
-        .client
-        .post_json(
-            "/auth/login",
-            serde_json::json!({"account_id": account.id, "user": account.owner, "password": account.password, "mfa_code": code}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "mfa login: {}", r.text());
-    let token = r.json()["token"].as_str().unwrap().to_owned();
-    Account {
-        client: gw.client.with_token(&token),
-        ..account
-    }
-}
-
 const RESTRICT_SIGNUP_COMPUTE_AND_PLANS: &str = r#"
 @id("full-access")
 permit (principal, action, resource);
@@ -496,6 +438,12 @@ forbid (
   resource
 );
 "#;
+
+async fn enable_all_features(w: &World) {
+    let payer = AccountId::parse(&w.payer.id).unwrap();
+    let member = AccountId::parse(&w.member.id).unwrap();
+    crate::support::org::enable_all_features(&w.gw, &payer, &member).await;
+}
 
 fn assert_denied_by_organization(r: &crate::support::client::TestResponse, what: &str) {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{what}: {}", r.text());

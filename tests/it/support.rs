@@ -7,6 +7,7 @@ pub mod client;
 pub mod faulty;
 pub mod gateway;
 pub mod mfa;
+pub mod org;
 pub mod process;
 pub mod upstream;
 
