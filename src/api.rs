@@ -229,6 +229,26 @@ pub(crate) fn own_account(caller: &Caller, account: &str) -> Result<AccountId, R
     }
 }
 
+/// The common opening of an account-level call: authenticate, check that the path's account is
+/// the caller's own, and decide `action` on it.
+pub(crate) async fn caller_on_own_account(
+    app: &App,
+    req: &ApiRequest,
+    account: &str,
+    action: &str,
+) -> Result<(Caller, AccountId), Rejection> {
+    let caller = crate::server::authn::authenticate(
+        app,
+        &req.headers,
+        req.peer,
+        crate::server::authn::Allow::default(),
+    )
+    .await?;
+    let account = own_account(&caller, account)?;
+    authorize_on_own_account(app, &caller, action, req)?;
+    Ok((caller, account))
+}
+
 /// Decides `action` with the caller's own account as the resource (every account-level call).
 pub(crate) fn authorize_on_own_account(
     app: &App,

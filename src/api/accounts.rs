@@ -177,9 +177,8 @@ pub async fn get_password_policy(
     req: ApiRequest,
     account: &str,
 ) -> Result<Response<Body>, Rejection> {
-    let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
-    let account = own_account(&caller, account)?;
-    api::authorize_on_own_account(app, &caller, "iam:GetPasswordPolicy", &req)?;
+    let (caller, account) =
+        api::caller_on_own_account(app, &req, account, "iam:GetPasswordPolicy").await?;
     let policy = effective_policy(app, &account, caller.is_management_account()).await?;
     api::json(StatusCode::OK, &PasswordPolicyDto::from(policy.params()))
 }
@@ -191,9 +190,8 @@ pub async fn put_password_policy(
     req: ApiRequest,
     account: &str,
 ) -> Result<Response<Body>, Rejection> {
-    let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
-    let account = own_account(&caller, account)?;
-    api::authorize_on_own_account(app, &caller, "iam:UpdatePasswordPolicy", &req)?;
+    let (caller, account) =
+        api::caller_on_own_account(app, &req, account, "iam:UpdatePasswordPolicy").await?;
     let body: PasswordPolicyDto = req.json(app).await?;
     let policy = PasswordPolicy::from_request(body.into())?;
     app.store
@@ -209,9 +207,8 @@ pub async fn create_user(
     req: ApiRequest,
     account: &str,
 ) -> Result<Response<Body>, Rejection> {
-    let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
-    let account = own_account(&caller, account)?;
-    api::authorize_on_own_account(app, &caller, "iam:CreateUser", &req)?;
+    let (caller, account) =
+        api::caller_on_own_account(app, &req, account, "iam:CreateUser").await?;
     let body: CreateUserRequest = req.json(app).await?;
     let user = UserName::parse(&body.user).map_err(|e| invalid_input(e.to_string()))?;
     let password = Secret::new(body.password);

@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::auth::rfc3339;
 use crate::api::{self, ApiRequest};
-use crate::api::{authorize_on_own_account, own_account};
+
 use crate::app::App;
 use crate::body::Body;
 use crate::ids::{AccountId, GroupName, UserName};
-use crate::server::authn::{self, Allow, Caller};
+use crate::server::authn::Caller;
 use crate::server::rejection::Rejection;
 use crate::store::StoreError;
 use crate::store::accounts::{AccountStore, GroupMemberChange, GroupRecord};
@@ -193,10 +193,7 @@ async fn authorize_manage(
     req: &ApiRequest,
     account: &str,
 ) -> Result<(Caller, AccountId), Rejection> {
-    let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
-    let account = own_account(&caller, account)?;
-    authorize_on_own_account(app, &caller, ACTION, req)?;
-    Ok((caller, account))
+    api::caller_on_own_account(app, req, account, ACTION).await
 }
 
 // === impl GroupDto ===

@@ -15,8 +15,8 @@ use http::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::api::auth::rfc3339;
+use crate::api::own_account;
 use crate::api::{self, ApiRequest};
-use crate::api::{authorize_on_own_account, own_account};
 use crate::app::App;
 use crate::authz::Resource;
 use crate::body::Body;
@@ -115,9 +115,7 @@ pub async fn list(
     req: ApiRequest,
     account: &str,
 ) -> Result<Response<Body>, Rejection> {
-    let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
-    let account = own_account(&caller, account)?;
-    authorize_on_own_account(app, &caller, LIST_ACTION, &req)?;
+    let (_, account) = api::caller_on_own_account(app, &req, account, LIST_ACTION).await?;
     let signups = app.store.signup_periods(&account).await?;
     let plans = app.store.plan_history(&account).await?;
     let mut entries: BTreeMap<String, ServiceEntryDto> = BTreeMap::new();

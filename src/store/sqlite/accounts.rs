@@ -211,6 +211,28 @@ fn group_and_user(
     Ok(None)
 }
 
+/// Adds or removes one group membership with `write` (which returns the rows it changed), after
+/// checking that both the group and the user exist, in one transaction.
+fn change_group_member(
+    conn: &mut rusqlite::Connection,
+    account: &AccountId,
+    group_key: &str,
+    user_key: &str,
+    write: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<usize>,
+) -> Result<GroupMemberChange, StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if let Some(missing) = group_and_user(&tx, account, group_key, user_key)? {
+        return Ok(missing);
+    }
+    let changed = write(&tx)?;
+    tx.commit()?;
+    Ok(if changed == 1 {
+        GroupMemberChange::Changed
+    } else {
+        GroupMemberChange::Unchanged
+    })
+}
+
 #[async_trait::async_trait]
 impl AccountStore for SqliteStore {
     async fn create_account(
@@ -779,20 +801,12 @@ impl AccountStore for SqliteStore {
     ) -> Result<GroupMemberChange, StoreError> {
         let (account, group_key, user_key) = (account.clone(), group.key(), user.key());
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            if let Some(missing) = group_and_user(&tx, &account, &group_key, &user_key)? {
-                return Ok(missing);
-            }
-            let inserted = tx.execute(
-                "INSERT INTO group_members (account_id, group_key, user_key, added_at)
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                params![account.as_str(), group_key, user_key, to_ms(now)],
-            )?;
-            tx.commit()?;
-            Ok(if inserted == 1 {
-                GroupMemberChange::Changed
-            } else {
-                GroupMemberChange::Unchanged
+            change_group_member(conn, &account, &group_key, &user_key, |tx| {
+                tx.execute(
+                    "INSERT INTO group_members (account_id, group_key, user_key, added_at)
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                    params![account.as_str(), group_key, user_key, to_ms(now)],
+                )
             })
         })
         .await
@@ -806,19 +820,11 @@ impl AccountStore for SqliteStore {
     ) -> Result<GroupMemberChange, StoreError> {
         let (account, group_key, user_key) = (account.clone(), group.key(), user.key());
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            if let Some(missing) = group_and_user(&tx, &account, &group_key, &user_key)? {
-                return Ok(missing);
-            }
-            let deleted = tx.execute(
-                "DELETE FROM group_members WHERE account_id = ?1 AND group_key = ?2 AND user_key = ?3",
-                params![account.as_str(), group_key, user_key],
-            )?;
-            tx.commit()?;
-            Ok(if deleted == 1 {
-                GroupMemberChange::Changed
-            } else {
-                GroupMemberChange::Unchanged
+            change_group_member(conn, &account, &group_key, &user_key, |tx| {
+                tx.execute(
+                    "DELETE FROM group_members WHERE account_id = ?1 AND group_key = ?2 AND user_key = ?3",
+                    params![account.as_str(), group_key, user_key],
+                )
             })
         })
         .await
