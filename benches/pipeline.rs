@@ -20,7 +20,7 @@ use tollgate::ids::{AccountId, GroupName, RequestId, UserName};
 use tollgate::journal::{Charge, Journal, LedgerEntry, MeteredCall, RecordId};
 use tollgate::metrics::Metrics;
 use tollgate::server::route::RouteTable;
-use tollgate::store::sqlite::SqliteStore;
+use tollgate::store::sql::SqlStore;
 
 fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
@@ -195,9 +195,13 @@ fn ledger(c: &mut Criterion) {
         .enable_all()
         .build());
     let dir = ok(tempfile::tempdir());
-    let store = ok(SqliteStore::open(dir.path()));
+    let store = ok(SqlStore::open(dir.path()));
     let clock: SharedClock = Arc::new(SystemClock);
-    let (journal, _task) = ok(Journal::open(store.path(), clock, Arc::new(Metrics::new())));
+    let (journal, _task) = ok(Journal::open(
+        store.database(),
+        clock,
+        Arc::new(Metrics::new()),
+    ));
     let config = shipped_config();
     let table = ok(RouteTable::compile(&config));
     let route = ok(table.route("storage", &http::Method::GET, "/objects/a")).route;

@@ -17,14 +17,14 @@ use crate::metrics::{Metrics, SharedMetrics, VersionLabels};
 use crate::org::OrgService;
 use crate::server::{self, route::RouteTable};
 use crate::store::StoreError;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sql::SqlStore;
 use crate::upstream::Upstreams;
 
 /// Everything a request may need, built once.
 pub struct App {
     pub config: Config,
     pub clock: SharedClock,
-    pub store: SqliteStore,
+    pub store: SqlStore,
     pub routes: RouteTable,
     pub upstreams: Upstreams,
     pub metrics: SharedMetrics,
@@ -40,8 +40,11 @@ pub struct App {
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot open the store in `{dir}`: {source}")]
-    Store { dir: String, source: StoreError },
+    #[error("cannot open the store at {location}: {source}")]
+    Store {
+        location: String,
+        source: StoreError,
+    },
     #[error("cannot open the ledger and decision log: {0}")]
     Journal(#[from] JournalError),
     #[error("invalid route prices: {0}")]
@@ -61,9 +64,10 @@ pub enum StartupError {
 
 impl App {
     pub async fn build(config: Config, clock: SharedClock) -> Result<Arc<App>, StartupError> {
-        let store =
-            SqliteStore::open(&config.store.data_dir).map_err(|source| StartupError::Store {
-                dir: config.store.data_dir.display().to_string(),
+        let store = open_store(&config.store)
+            .await
+            .map_err(|source| StartupError::Store {
+                location: store_location(&config.store),
                 source,
             })?;
         let required: Vec<&str> = config.route_actions();
@@ -87,12 +91,22 @@ impl App {
         let hasher = PasswordHasher::new(config.auth.argon2_concurrency);
         let routes = RouteTable::compile(&config).map_err(StartupError::Routes)?;
         let metrics = Arc::new(Metrics::new());
-        let (journal, journal_task) = Journal::open(store.path(), clock.clone(), metrics.clone())?;
         // Every tree that is ever active is archived before a decision can name its version
         // (D3): the startup tree here, each reloaded one by the observer, before its swap.
-        archive_startup_tree(store.path(), &policies, clock.now());
+        // Both touch the database: off the reactor.
+        let (journal, journal_task) = {
+            let (db, clock, metrics) = (store.database().clone(), clock.clone(), metrics.clone());
+            let snapshot = policies.load();
+            tokio::task::spawn_blocking(move || {
+                let opened = Journal::open(&db, clock.clone(), metrics)?;
+                archive_startup_tree(&db, &snapshot, clock.now());
+                Ok::<_, JournalError>(opened)
+            })
+            .await
+            .map_err(|e| JournalError::Unavailable(format!("journal task failed: {e}")))??
+        };
         policies.set_observer(Arc::new(AuditObserver::new(
-            store.path().to_owned(),
+            store.database().clone(),
             journal.clone(),
             clock.clone(),
             tokio::runtime::Handle::try_current().ok(),
@@ -219,17 +233,33 @@ async fn sweep_expired_handshakes(app: Arc<App>) {
     }
 }
 
+/// Opens the configured store off the reactor (PostgreSQL connects and migrates).
+async fn open_store(config: &crate::config::StoreConfig) -> Result<SqlStore, StoreError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || SqlStore::open_config(&config))
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+}
+
+/// Where the store lives, for messages (never with a password).
+pub fn store_location(config: &crate::config::StoreConfig) -> String {
+    match &config.kind {
+        crate::config::StoreKind::Sqlite => format!("`{}`", config.data_dir.display()),
+        crate::config::StoreKind::Postgres { url, .. } => format!("`{url}`"),
+    }
+}
+
 /// Archives the tree loaded at startup; a failure is logged (the gateway can still decide, but
 /// decisions under this version cannot be explained with its text unless it is archived later).
 fn archive_startup_tree(
-    db_path: &std::path::Path,
-    policies: &PolicyStore,
+    db: &crate::db::Database,
+    snapshot: &crate::authz::PolicySnapshot,
     now: chrono::DateTime<chrono::Utc>,
 ) {
-    let snapshot = policies.load();
-    let result = crate::store::sqlite::open_connection(db_path)
-        .map_err(|e| crate::audit::AuditError::Store(e.to_string()))
-        .and_then(|conn| crate::audit::archive_snapshot(&conn, &snapshot, now));
+    let result = db
+        .connect()
+        .map_err(crate::audit::AuditError::from)
+        .and_then(|conn| crate::audit::archive_snapshot(&conn, snapshot, now));
     if let Err(e) = result {
         tracing::error!(version = snapshot.version(), error = %e, "cannot archive the policy tree");
     }
@@ -243,8 +273,8 @@ async fn prune_decisions_daily(app: Arc<App>, retention: std::time::Duration) {
         every.tick().await;
         let now = app.clock.now();
         let cutoff = now - crate::config::chrono_duration(retention);
-        let path = app.store.path().to_owned();
-        match tokio::task::spawn_blocking(move || crate::audit::prune(&path, cutoff, now)).await {
+        let db = app.store.database().clone();
+        match tokio::task::spawn_blocking(move || crate::audit::prune(&db, cutoff, now)).await {
             Ok(Ok(report)) if report.removed > 0 => {
                 tracing::info!(removed = report.removed, "old decision records pruned")
             }

@@ -16,6 +16,7 @@ pub mod retention;
 #[cfg(test)]
 mod tests;
 
+use crate::db::DbError;
 use crate::journal::{JournalError, VerifyError};
 
 pub use archive::{ArchivedTree, AuditObserver, archive_snapshot, archived_tree};
@@ -38,8 +39,8 @@ pub enum AuditError {
     Corrupt(String),
 }
 
-impl From<rusqlite::Error> for AuditError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<DbError> for AuditError {
+    fn from(e: DbError) -> Self {
         AuditError::Store(e.to_string())
     }
 }

@@ -11,10 +11,9 @@
 //! while the gateway writes), on the blocking pool, so the CLI can run next to a live gateway.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
+use crate::db::{Conn, DbError, params};
 use chrono::{DateTime, Duration, Utc};
-use rusqlite::{Connection, params};
 
 use crate::billing::{
     Bill, BillError, BillInput, BillStatus, BillingMonth, Money, RouteKey, RoutePrice, Unit,
@@ -27,15 +26,14 @@ use crate::journal::{
 };
 use crate::org::{MembershipRole, MembershipScope, OrgError, OrgService};
 use crate::services::{self, ServicesError};
-use crate::store::sqlite::{SqliteStore, to_ms};
+use crate::store::sql::{SqlStore, to_ms};
 
 /// How many times finalizing recomputes a bill whose month gained records meanwhile.
 const FINALIZE_ATTEMPTS: usize = 5;
 
 /// Everything bills are assembled from, borrowed from the app (or the CLI's own copies).
 pub struct Bills<'a> {
-    db_path: PathBuf,
-    store: &'a SqliteStore,
+    store: &'a SqlStore,
     orgs: &'a OrgService,
     services: &'a [ServiceConfig],
     prices: BTreeMap<RouteKey, RoutePrice>,
@@ -125,15 +123,12 @@ pub enum BillsError {
 // === impl Bills ===
 
 impl<'a> Bills<'a> {
-    /// `db_path` is the store's database (`SqliteStore::path`).
     pub fn new(
-        db_path: &Path,
-        store: &'a SqliteStore,
+        store: &'a SqlStore,
         orgs: &'a OrgService,
         config: &'a Config,
     ) -> Result<Self, BillsError> {
         Ok(Self {
-            db_path: db_path.to_owned(),
             store,
             orgs,
             services: &config.services,
@@ -470,10 +465,10 @@ impl<'a> Bills<'a> {
 
     async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, JournalError> + Send + 'static,
+        f: impl FnOnce(&Conn) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
-        let path = self.db_path.clone();
-        tokio::task::spawn_blocking(move || f(&open_reader(&path)?))
+        let db = self.store.database().clone();
+        tokio::task::spawn_blocking(move || f(&open_reader(&db)?))
             .await
             .map_err(|e| JournalError::Unavailable(format!("bill read task failed: {e}")))?
     }
@@ -503,7 +498,7 @@ fn check_begun(month: BillingMonth, now: DateTime<Utc>) -> Result<(), BillsError
     Ok(())
 }
 
-fn read_err(e: rusqlite::Error) -> JournalError {
+fn read_err(e: DbError) -> JournalError {
     JournalError::Unavailable(e.to_string())
 }
 
@@ -517,56 +512,45 @@ fn parse_ids(ids: Vec<String>) -> Result<BTreeSet<AccountId>, JournalError> {
 }
 
 /// Payers of the records booked on `month`.
-fn ledger_payers(
-    conn: &Connection,
-    month: BillingMonth,
-) -> Result<BTreeSet<AccountId>, JournalError> {
-    let mut stmt = conn
-        .prepare("SELECT DISTINCT payer_account_id FROM ledger WHERE billing_month = ?1")
-        .map_err(read_err)?;
-    let ids = stmt
-        .query_map([month.to_string()], |r| r.get::<_, String>(0))
-        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+fn ledger_payers(conn: &Conn, month: BillingMonth) -> Result<BTreeSet<AccountId>, JournalError> {
+    let ids = conn
+        .query_map(
+            "SELECT DISTINCT payer_account_id FROM ledger WHERE billing_month = ?1",
+            params![month.to_string()],
+            |r| r.get::<String>(0),
+        )
         .map_err(read_err)?;
     parse_ids(ids)
 }
 
 /// Payers of `account`'s records booked on `month`.
 fn ledger_payers_of(
-    conn: &Connection,
+    conn: &Conn,
     account: &AccountId,
     month: BillingMonth,
 ) -> Result<BTreeSet<AccountId>, JournalError> {
-    let mut stmt = conn
-        .prepare(
+    let ids = conn
+        .query_map(
             "SELECT DISTINCT payer_account_id FROM ledger WHERE account_id = ?1 AND billing_month = ?2",
+            params![account.as_str(), month.to_string()],
+            |r| r.get::<String>(0),
         )
-        .map_err(read_err)?;
-    let ids = stmt
-        .query_map(params![account.as_str(), month.to_string()], |r| {
-            r.get::<_, String>(0)
-        })
-        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
         .map_err(read_err)?;
     parse_ids(ids)
 }
 
 /// Accounts with a plan period overlapping `month`.
 fn accounts_with_plans(
-    conn: &Connection,
+    conn: &Conn,
     month: BillingMonth,
 ) -> Result<BTreeSet<AccountId>, JournalError> {
-    let mut stmt = conn
-        .prepare(
+    let ids = conn
+        .query_map(
             "SELECT DISTINCT account_id FROM plan_periods
              WHERE started_at < ?2 AND (ended_at IS NULL OR ended_at > ?1)",
+            params![to_ms(month.start()), to_ms(month.end())],
+            |r| r.get::<String>(0),
         )
-        .map_err(read_err)?;
-    let ids = stmt
-        .query_map(params![to_ms(month.start()), to_ms(month.end())], |r| {
-            r.get::<_, String>(0)
-        })
-        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
         .map_err(read_err)?;
     parse_ids(ids)
 }

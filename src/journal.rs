@@ -7,7 +7,7 @@
 //! is handed, and it must not be bypassed: nothing writes these tables but the writer.
 //!
 //! # Writing
-//! One writer thread owns one dedicated SQLite connection (WAL, `synchronous=FULL`) and drains a
+//! One writer thread owns one dedicated connection (SQLite: WAL, `synchronous=FULL`) and drains a
 //! bounded channel: it takes whatever is queued (up to [`JournalOptions::max_batch`], no
 //! artificial delay, so batches grow with load: natural group commit), writes the batch in one
 //! transaction, commits, and only then acknowledges each waiter. The channel is FIFO, so an entry
@@ -43,7 +43,6 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -56,6 +55,7 @@ use tokio::sync::oneshot;
 use crate::billing::BillingMonth;
 use crate::chain::{ChainBreak, GENESIS, Hash};
 use crate::clock::SharedClock;
+use crate::db::{Conn, Database, DbError};
 use crate::ids::AccountId;
 use crate::metrics::SharedMetrics;
 
@@ -154,6 +154,15 @@ pub enum JournalError {
     Corrupt(String),
 }
 
+impl From<DbError> for JournalError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Type(m) => JournalError::Corrupt(m),
+            other => JournalError::Unavailable(other.to_string()),
+        }
+    }
+}
+
 /// Why a month could not be marked FINAL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FinalizeError {
@@ -206,20 +215,20 @@ impl Journal {
     /// Opens the writer on the database at `db_path` (already migrated by the store) with the
     /// default options, and starts its thread.
     pub fn open(
-        db_path: &Path,
+        db: &Database,
         clock: SharedClock,
         metrics: SharedMetrics,
     ) -> Result<(Journal, JournalTask), JournalError> {
-        Self::open_with(db_path, clock, metrics, JournalOptions::default())
+        Self::open_with(db, clock, metrics, JournalOptions::default())
     }
 
     pub fn open_with(
-        db_path: &Path,
+        db: &Database,
         clock: SharedClock,
         metrics: SharedMetrics,
         options: JournalOptions,
     ) -> Result<(Journal, JournalTask), JournalError> {
-        let state = writer::WriterState::open(db_path, clock, options)?;
+        let state = writer::WriterState::open(db, clock, options)?;
         let shared = Arc::new(Shared {
             healthy: AtomicBool::new(true),
             closed: AtomicBool::new(false),
@@ -377,7 +386,7 @@ impl Journal {
     #[cfg(test)]
     async fn with_writer_connection<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&rusqlite::Connection) -> T + Send + 'static,
+        f: impl FnOnce(&Conn) -> T + Send + 'static,
     ) -> T {
         let (ack, done) = oneshot::channel();
         let hook: writer::Hook = Box::new(move |conn| {
@@ -432,14 +441,14 @@ impl ChainPosition {
 /// Verifies the ledger chain from genesis on a fresh read connection (works while a gateway
 /// writes: it reads one consistent snapshot). Reports the first altered, inserted or missing
 /// record.
-pub fn verify_ledger(db_path: &Path) -> Result<VerifySummary, VerifyError> {
-    let conn = open_reader(db_path)?;
+pub fn verify_ledger(db: &Database) -> Result<VerifySummary, VerifyError> {
+    let conn = open_reader(db)?;
     ledger::verify(&conn)
 }
 
 /// Verifies the decision-log chain from genesis, like [`verify_ledger`].
-pub fn verify_decisions(db_path: &Path) -> Result<VerifySummary, VerifyError> {
-    let conn = open_reader(db_path)?;
+pub fn verify_decisions(db: &Database) -> Result<VerifySummary, VerifyError> {
+    let conn = open_reader(db)?;
     decisions::verify(&conn)
 }
 
@@ -447,7 +456,7 @@ pub fn verify_decisions(db_path: &Path) -> Result<VerifySummary, VerifyError> {
 /// `prev_hash`: the checkpoint retention keeps when it removes a verified prefix (see
 /// `crate::audit::retention`). With `(1, GENESIS)` this is [`verify_decisions`].
 pub fn verify_decisions_from(
-    conn: &rusqlite::Connection,
+    conn: &Conn,
     first_seq: u64,
     prev_hash: Hash,
 ) -> Result<VerifySummary, VerifyError> {

@@ -17,6 +17,7 @@ pub mod chain;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod db;
 pub mod demo;
 pub mod ids;
 pub mod journal;

@@ -2,13 +2,14 @@
 //! memory alone: accounts, users, groups, organizations, service sign-ups and plans, the ledger,
 //! the decision log.
 //!
-//! `sqlite` is the embedded default (one file in the data dir). A PostgreSQL implementation
-//! satisfies the same traits for a fleet of instances. Domain modules call the traits; only this
-//! module knows SQL.
+//! [`sql::SqlStore`] implements them on either database of [`crate::db`]: the embedded SQLite
+//! file (one file in the data dir) or PostgreSQL shared by a fleet of instances (SPEC O3).
+//! Domain modules call the traits; only this module (and the journal and audit archive, for their
+//! own tables) knows SQL.
 
 pub mod accounts;
 pub mod services;
-pub mod sqlite;
+pub mod sql;
 
 use std::sync::Arc;
 
@@ -42,8 +43,13 @@ pub type SharedStore = Arc<dyn Store>;
 
 // === impl StoreError ===
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Unavailable(e.to_string())
+impl From<crate::db::DbError> for StoreError {
+    fn from(e: crate::db::DbError) -> Self {
+        use crate::db::DbError;
+        match e {
+            DbError::Constraint(m) => StoreError::Conflict(m),
+            DbError::Type(m) => StoreError::Corrupt(m),
+            DbError::NoRows | DbError::Unavailable(_) => StoreError::Unavailable(e.to_string()),
+        }
     }
 }

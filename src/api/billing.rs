@@ -171,12 +171,7 @@ pub async fn finalize(
 }
 
 fn bills(app: &App) -> Result<Bills<'_>, Rejection> {
-    Ok(Bills::new(
-        app.store.path(),
-        &app.store,
-        &app.orgs,
-        &app.config,
-    )?)
+    Ok(Bills::new(&app.store, &app.orgs, &app.config)?)
 }
 
 fn parse_month(month: &str) -> Result<BillingMonth, Rejection> {

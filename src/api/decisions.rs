@@ -111,9 +111,9 @@ pub async fn list(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Rej
         }
         None => visible,
     };
-    let path = app.store.path().to_owned();
+    let db = app.store.database().clone();
     let page = tokio::task::spawn_blocking(move || -> Result<Page, Rejection> {
-        let conn = open_reader(&path)?;
+        let conn = open_reader(&db)?;
         Ok(query_decisions(&conn, &filter)?)
     })
     .await

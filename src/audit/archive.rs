@@ -7,20 +7,19 @@
 //! is true only when its sources hash to its version. Nothing here decides anything.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::AuditError;
 use crate::authz::{PolicySnapshot, ReloadAttempt, ReloadObserver, names};
 use crate::clock::SharedClock;
+use crate::db::{Conn, Database, OptionalExtension, params};
 use crate::journal::{Journal, RecordId, ReloadEntry, ReloadFailure};
-use crate::store::sqlite::{from_ms, open_connection, to_ms};
+use crate::store::sql::{from_ms, to_ms};
 
 /// One archived tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +35,7 @@ pub struct ArchivedTree {
 
 /// Archives the reloads of a running gateway: see the module docs.
 pub struct AuditObserver {
-    db_path: PathBuf,
+    db: Database,
     journal: Journal,
     clock: SharedClock,
     /// To wait (bounded) for the reload record to be durable from a plain thread.
@@ -51,7 +50,7 @@ const RECORD_WAIT: Duration = Duration::from_secs(10);
 /// Archives `snapshot`'s sources under its version, unless that version is already archived.
 /// Returns whether a row was added.
 pub fn archive_snapshot(
-    conn: &Connection,
+    conn: &Conn,
     snapshot: &PolicySnapshot,
     now: DateTime<Utc>,
 ) -> Result<bool, AuditError> {
@@ -61,8 +60,8 @@ pub fn archive_snapshot(
         .map(|(path, text)| (path.clone(), Value::String(text.clone())))
         .collect();
     let added = conn.execute(
-        "INSERT OR IGNORE INTO policy_versions (version, first_loaded_at, sources_json)
-         VALUES (?1, ?2, ?3)",
+        "INSERT INTO policy_versions (version, first_loaded_at, sources_json)
+         VALUES (?1, ?2, ?3) ON CONFLICT (version) DO NOTHING",
         params![
             snapshot.version(),
             to_ms(now),
@@ -73,11 +72,11 @@ pub fn archive_snapshot(
 }
 
 /// The archived tree of `version`, if it was archived.
-pub fn archived_tree(conn: &Connection, version: &str) -> Result<Option<ArchivedTree>, AuditError> {
+pub fn archived_tree(conn: &Conn, version: &str) -> Result<Option<ArchivedTree>, AuditError> {
     let row: Option<(i64, String)> = conn
         .query_row(
             "SELECT first_loaded_at, sources_json FROM policy_versions WHERE version = ?1",
-            [version],
+            params![version],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
@@ -128,13 +127,13 @@ pub fn policy_text(sources: &BTreeMap<String, String>, file: &str, id: &str) -> 
 impl AuditObserver {
     /// `runtime`: the gateway's runtime, if any (reloads run on plain threads).
     pub fn new(
-        db_path: PathBuf,
+        db: Database,
         journal: Journal,
         clock: SharedClock,
         runtime: Option<tokio::runtime::Handle>,
     ) -> Self {
         Self {
-            db_path,
+            db,
             journal,
             clock,
             runtime,
@@ -142,7 +141,7 @@ impl AuditObserver {
     }
 
     fn archive(&self, snapshot: &PolicySnapshot) -> Result<bool, AuditError> {
-        let conn = open_connection(&self.db_path).map_err(|e| AuditError::Store(e.to_string()))?;
+        let conn = self.db.connect()?;
         archive_snapshot(&conn, snapshot, self.clock.now())
     }
 }

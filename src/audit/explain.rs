@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::Connection;
+use crate::db::Conn;
 
 use super::AuditError;
 use super::archive::{archived_tree, policy_text};
@@ -62,7 +62,7 @@ pub enum TextSource {
 /// out. `current` is the current tree's version and sources, the fallback for an unarchived
 /// version.
 pub fn explain(
-    conn: &Connection,
+    conn: &Conn,
     request_id: &str,
     current: Option<(&str, &BTreeMap<String, String>)>,
 ) -> Result<Vec<Explanation>, AuditError> {

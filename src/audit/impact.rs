@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::db::{Conn, params};
 use chrono::{DateTime, Utc};
-use rusqlite::Connection;
 use rust_decimal::Decimal;
 
 use super::AuditError;
@@ -76,7 +76,7 @@ pub struct ImpactReport {
 /// Replays the window `[since, until)` against `draft`. `progress` is called with the number of
 /// decisions replayed so far, every 1,000.
 pub fn replay(
-    conn: &Connection,
+    conn: &Conn,
     draft: &PolicySnapshot,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
@@ -118,20 +118,17 @@ pub fn replay(
     })?;
     progress(replayed);
 
-    let mut stmt = conn.prepare_cached(
-        "SELECT amount FROM ledger WHERE request_id = ?1 AND account_id = ?2 AND action = ?3",
-    )?;
     let mut groups: BTreeMap<(AccountId, String, bool), FlipGroup> = BTreeMap::new();
     let mut total = Money::ZERO;
     let overflow = |e: crate::billing::MoneyError| AuditError::Corrupt(e.to_string());
     for flip in &mut flips {
         if let Some(request_id) = &flip.request_id {
-            let amounts = stmt.query_map(
-                rusqlite::params![request_id, flip.account.as_str(), flip.action],
-                |r| r.get::<_, String>(0),
+            let amounts = conn.query_map(
+                "SELECT amount FROM ledger WHERE request_id = ?1 AND account_id = ?2 AND action = ?3",
+                params![request_id, flip.account.as_str(), flip.action],
+                |r| r.get::<String>(0),
             )?;
             for amount in amounts {
-                let amount = amount?;
                 let money = Decimal::from_str_exact(&amount)
                     .map(Money::from_decimal)
                     .map_err(|_| {
@@ -174,15 +171,15 @@ pub fn replay(
 
 /// How many service and API decisions lie in `[since, until)`, for progress reports.
 pub fn count_decisions(
-    conn: &Connection,
+    conn: &Conn,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
 ) -> Result<u64, AuditError> {
     let n: i64 = conn.query_row(
         "SELECT COUNT(*) FROM decisions WHERE kind IN ('service', 'api') AND time >= ?1 AND time < ?2",
-        rusqlite::params![
-            since.map_or(i64::MIN, crate::store::sqlite::to_ms),
-            until.map_or(i64::MAX, crate::store::sqlite::to_ms)
+        params![
+            since.map_or(i64::MIN, crate::store::sql::to_ms),
+            until.map_or(i64::MAX, crate::store::sql::to_ms)
         ],
         |r| r.get(0),
     )?;

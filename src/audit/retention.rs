@@ -18,15 +18,14 @@
 //! its own short transaction with its checkpoint, so a running gateway's writer waits at most
 //! one chunk.
 
-use std::path::Path;
-
+use crate::db::{Behavior, Conn, OptionalExtension, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::AuditError;
 use crate::chain::{self, FIRST_SEQ, GENESIS, Hash};
+use crate::db::Database;
 use crate::journal::{VerifySummary, open_reader, verify_decisions_from};
-use crate::store::sqlite::{from_ms, open_connection, to_ms};
+use crate::store::sql::{from_ms, to_ms};
 
 /// Where a pruned prefix ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,12 +63,12 @@ const CHUNK: u64 = 5_000;
 // === free functions ===
 
 /// The newest checkpoint, if anything was pruned.
-pub fn latest_checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, AuditError> {
+pub fn latest_checkpoint(conn: &Conn) -> Result<Option<Checkpoint>, AuditError> {
     let row: Option<(i64, String, i64, i64)> = conn
         .query_row(
             "SELECT through_seq, through_hash, pruned_at, records FROM decision_checkpoints
              ORDER BY through_seq DESC LIMIT 1",
-            [],
+            params![],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?;
@@ -88,8 +87,8 @@ pub fn latest_checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, AuditE
 
 /// Verifies the decision log from its newest checkpoint (or genesis), in one read snapshot.
 /// A break is `Err(AuditError::Verify(VerifyError::Broken(..)))` naming the first bad record.
-pub fn verify_chain(conn: &Connection) -> Result<ChainReport, AuditError> {
-    let tx = conn.unchecked_transaction()?;
+pub fn verify_chain(conn: &Conn) -> Result<ChainReport, AuditError> {
+    let tx = conn.transaction(Behavior::Snapshot)?;
     let checkpoint = latest_checkpoint(&tx)?;
     let (first, prev) = match &checkpoint {
         Some(c) => (c.through_seq + 1, c.through_hash),
@@ -105,16 +104,16 @@ pub fn verify_chain(conn: &Connection) -> Result<ChainReport, AuditError> {
 /// Removes the decision records older than `cutoff` (a prefix of the chain, never the newest
 /// record), after verifying the whole chain; leaves a checkpoint per chunk and verifies again.
 pub fn prune(
-    db_path: &Path,
+    db: &Database,
     cutoff: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<PruneReport, AuditError> {
-    let reader = open_reader(db_path)?;
+    let reader = open_reader(db)?;
     verify_chain(&reader)?;
-    let writer = open_connection(db_path).map_err(|e| AuditError::Store(e.to_string()))?;
+    let writer = db.connect()?;
     // The prefix: every record before the first one at or after the cutoff, and never the last.
     let (first, last): (Option<i64>, Option<i64>) =
-        writer.query_row("SELECT MIN(seq), MAX(seq) FROM decisions", [], |r| {
+        writer.query_row("SELECT MIN(seq), MAX(seq) FROM decisions", params![], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?;
     let (Some(first), Some(last)) = (first, last) else {
@@ -122,7 +121,7 @@ pub fn prune(
     };
     let first_kept: Option<i64> = writer.query_row(
         "SELECT MIN(seq) FROM decisions WHERE time >= ?1",
-        [to_ms(cutoff)],
+        params![to_ms(cutoff)],
         |r| r.get(0),
     )?;
     let through = first_kept.unwrap_or(last).min(last) - 1;
@@ -130,13 +129,14 @@ pub fn prune(
     let mut start = first;
     while start <= through {
         let end = (start + CHUNK as i64 - 1).min(through);
-        let mut conn = open_connection(db_path).map_err(|e| AuditError::Store(e.to_string()))?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let hash: String =
-            tx.query_row("SELECT hash FROM decisions WHERE seq = ?1", [end], |r| {
-                r.get(0)
-            })?;
-        let n = tx.execute("DELETE FROM decisions WHERE seq <= ?1", [end])? as u64;
+        let conn = db.connect()?;
+        let tx = conn.transaction(Behavior::Immediate)?;
+        let hash: String = tx.query_row(
+            "SELECT hash FROM decisions WHERE seq = ?1",
+            params![end],
+            |r| r.get(0),
+        )?;
+        let n = tx.execute("DELETE FROM decisions WHERE seq <= ?1", params![end])? as u64;
         tx.execute(
             "INSERT INTO decision_checkpoints (through_seq, through_hash, pruned_at, records)
              VALUES (?1, ?2, ?3, ?4)",
@@ -150,7 +150,7 @@ pub fn prune(
     finish(&reader, removed)
 }
 
-fn finish(reader: &Connection, removed: u64) -> Result<PruneReport, AuditError> {
+fn finish(reader: &Conn, removed: u64) -> Result<PruneReport, AuditError> {
     let remaining = verify_chain(reader)?;
     Ok(PruneReport {
         removed,

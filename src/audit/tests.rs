@@ -7,7 +7,8 @@ use chrono::Utc;
 use super::archive::{content_hash, policy_text};
 use super::{archive_snapshot, archived_tree};
 use crate::authz::{PolicySnapshot, load_tree};
-use crate::store::sqlite::{SqliteStore, open_connection};
+use crate::db::params;
+use crate::store::sql::SqlStore;
 
 fn shipped() -> PolicySnapshot {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
@@ -41,8 +42,8 @@ fn policy_text_is_the_policy_as_written() {
 #[test]
 fn an_archived_tree_round_trips_and_an_edit_is_detected() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let store = SqliteStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let conn = open_connection(store.path()).unwrap_or_else(|e| panic!("{e}"));
+    let store = SqlStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let conn = store.database().connect().unwrap_or_else(|e| panic!("{e}"));
     let snapshot = shipped();
     assert!(archive_snapshot(&conn, &snapshot, Utc::now()).unwrap_or(false));
     assert!(
@@ -58,7 +59,7 @@ fn an_archived_tree_round_trips_and_an_edit_is_detected() {
 
     conn.execute(
         "UPDATE policy_versions SET sources_json = replace(sources_json, 'is_owner', 'is_admin')",
-        [],
+        params![],
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let tree = archived_tree(&conn, snapshot.version())

@@ -17,10 +17,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::ids::AccountId;
 use crate::org::OrgService;
-use crate::store::sqlite::SqliteStore;
-
-/// The database file inside the data dir.
-pub const DB_FILE: &str = "tollgate.db";
+use crate::store::sql::SqlStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -65,11 +62,8 @@ pub fn run(args: BillArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    if !config.store.data_dir.join(DB_FILE).exists() {
-        eprintln!(
-            "tollgate: no store in `{}`",
-            config.store.data_dir.display()
-        );
+    if let Err(e) = crate::db::Database::open_existing(&config.store) {
+        eprintln!("tollgate: {e}");
         return exit::SOFTWARE;
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -105,9 +99,13 @@ async fn statements(
     month: BillingMonth,
     payer: Option<AccountId>,
 ) -> Result<Vec<Statement>, String> {
-    let store = SqliteStore::open(&config.store.data_dir).map_err(|e| e.to_string())?;
+    let store_config = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || SqlStore::open_config(&store_config))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     let orgs = OrgService::new(Arc::new(store.clone()));
-    let bills = Bills::new(store.path(), &store, &orgs, config).map_err(|e| e.to_string())?;
+    let bills = Bills::new(&store, &orgs, config).map_err(|e| e.to_string())?;
     let now = SystemClock.now();
     let payers = match payer {
         Some(p) => vec![p],

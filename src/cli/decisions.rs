@@ -6,7 +6,7 @@
 //! usage; 70 the store cannot be read.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::Subcommand;
@@ -18,6 +18,7 @@ use crate::chain;
 use crate::cli::{ConfigArg, exit};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, parse_duration};
+use crate::db::Database;
 use crate::journal::{DecisionKind, VerifyError, open_reader};
 
 #[derive(Debug, Subcommand)]
@@ -58,19 +59,15 @@ pub fn run(command: DecisionsCommand) -> u8 {
 }
 
 /// The config and the database it names, or the exit code.
-pub fn open_config(path: &Path) -> Result<(Config, PathBuf), u8> {
+pub fn open_config(path: &Path) -> Result<(Config, Database), u8> {
     let config = Config::load(path).map_err(|e| {
         eprintln!("tollgate: {e}");
         exit::USAGE
     })?;
-    let db = config.store.data_dir.join("tollgate.db");
-    if !db.exists() {
-        eprintln!(
-            "tollgate: no decision log at `{}`; start the gateway once with this config",
-            db.display()
-        );
-        return Err(exit::SOFTWARE);
-    }
+    let db = Database::open_existing(&config.store).map_err(|e| {
+        eprintln!("tollgate: {e}");
+        exit::SOFTWARE
+    })?;
     Ok((config, db))
 }
 

@@ -29,11 +29,13 @@ fn verify(args: &ConfigArg) -> u8 {
             return exit::USAGE;
         }
     };
-    let db = config.store.data_dir.join(crate::cli::bill::DB_FILE);
-    if !db.exists() {
-        eprintln!("tollgate: no store at `{}`", db.display());
-        return exit::SOFTWARE;
-    }
+    let db = match crate::db::Database::open_existing(&config.store) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            return exit::SOFTWARE;
+        }
+    };
     match verify_ledger(&db) {
         Ok(summary) => {
             println!(

@@ -5,7 +5,7 @@
 //! stored values (JSON columns as their stored text). Changing it breaks every existing chain:
 //! add a `decisions/v2` tag instead.
 
-use rusqlite::{Connection, Row, Transaction, params};
+use crate::db::{Conn, DbError, Row, Tx, params};
 
 use super::{JournalError, VerifyError, VerifySummary};
 use crate::chain::{self, Canonical, Hash};
@@ -69,46 +69,42 @@ impl DecisionRow {
             .finish()
     }
 
-    pub fn insert(
-        &self,
-        tx: &Transaction<'_>,
-        seq: u64,
-        prev: &Hash,
-        hash: &Hash,
-    ) -> rusqlite::Result<()> {
-        let mut stmt = tx.prepare_cached(&format!(
-            "INSERT INTO decisions (seq, {COLUMNS}, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, \
+    pub fn insert(&self, tx: &Tx<'_>, seq: u64, prev: &Hash, hash: &Hash) -> Result<(), DbError> {
+        tx.execute(
+            &format!(
+                "INSERT INTO decisions (seq, {COLUMNS}, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, \
              ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
-        ))?;
-        stmt.execute(params![
-            seq as i64,
-            self.record_id,
-            self.kind,
-            self.time,
-            self.request_id,
-            self.account_id,
-            self.user_name,
-            self.action,
-            self.resource,
-            self.source_ip,
-            self.mfa,
-            self.decision,
-            self.denied_by,
-            self.account_policies,
-            self.org_applied,
-            self.org_reason,
-            self.org_policies,
-            self.errors,
-            self.policy_version,
-            self.request_json,
-            chain::to_hex(prev),
-            chain::to_hex(hash),
-        ])?;
+            ),
+            params![
+                seq as i64,
+                self.record_id,
+                self.kind,
+                self.time,
+                self.request_id,
+                self.account_id,
+                self.user_name,
+                self.action,
+                self.resource,
+                self.source_ip,
+                self.mfa,
+                self.decision,
+                self.denied_by,
+                self.account_policies,
+                self.org_applied,
+                self.org_reason,
+                self.org_policies,
+                self.errors,
+                self.policy_version,
+                self.request_json,
+                chain::to_hex(prev),
+                chain::to_hex(hash),
+            ],
+        )?;
         Ok(())
     }
 
     /// Reads the hashed columns starting at column `at` of `row`.
-    pub fn from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Self> {
+    pub fn from_row(row: &Row<'_>, at: usize) -> Result<Self, DbError> {
         Ok(Self {
             record_id: row.get(at)?,
             kind: row.get(at + 1)?,
@@ -134,12 +130,12 @@ impl DecisionRow {
 }
 
 /// The last record's position, for the writer to continue from.
-pub(super) fn head(conn: &Connection) -> Result<super::ChainPosition, JournalError> {
+pub(super) fn head(conn: &Conn) -> Result<super::ChainPosition, JournalError> {
     super::read::chain_head(conn, "decisions")
 }
 
 /// Verifies the whole decision-log chain in one read transaction.
-pub(super) fn verify(conn: &Connection) -> Result<VerifySummary, VerifyError> {
+pub(super) fn verify(conn: &Conn) -> Result<VerifySummary, VerifyError> {
     super::read::verify_table(conn, "decisions", COLUMNS, |row| {
         DecisionRow::from_row(row, 3).map(|r| r.canonical())
     })
@@ -147,7 +143,7 @@ pub(super) fn verify(conn: &Connection) -> Result<VerifySummary, VerifyError> {
 
 /// Verifies the decision-log chain from a checkpoint left by retention.
 pub(super) fn verify_from(
-    conn: &Connection,
+    conn: &Conn,
     first_seq: u64,
     prev_hash: Hash,
 ) -> Result<VerifySummary, VerifyError> {

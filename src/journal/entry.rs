@@ -17,7 +17,7 @@ use super::ledger::LedgerRow;
 use crate::authz::{Decision, OrgTier, PolicyRef, ReloadTrigger, Request, Resource, Tier, Verdict};
 use crate::billing::{Amounts, BillingMonth, Money, MoneyError, RoutePrice, UnitPrice};
 use crate::ids::{AccountId, OrgId, RequestId, UserName};
-use crate::store::sqlite::to_ms;
+use crate::store::sql::to_ms;
 
 /// A gateway-generated record id: `r-` and 32 lowercase hex digits. Unique per record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

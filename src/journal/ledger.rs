@@ -4,7 +4,7 @@
 //! order, from the stored values themselves, so what is verified is exactly what is stored.
 //! Changing this encoding breaks every existing chain: add a `ledger/v2` tag instead.
 
-use rusqlite::{Connection, Row, Transaction, params};
+use crate::db::{Conn, DbError, Row, Tx, params};
 
 use super::{JournalError, VerifyError, VerifySummary};
 use crate::chain::{self, Canonical, Hash};
@@ -84,55 +84,51 @@ impl LedgerRow {
             .finish()
     }
 
-    pub fn insert(
-        &self,
-        tx: &Transaction<'_>,
-        seq: u64,
-        prev: &Hash,
-        hash: &Hash,
-    ) -> rusqlite::Result<()> {
-        let mut stmt = tx.prepare_cached(&format!(
-            "INSERT INTO ledger (seq, {COLUMNS}, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, \
+    pub fn insert(&self, tx: &Tx<'_>, seq: u64, prev: &Hash, hash: &Hash) -> Result<(), DbError> {
+        tx.execute(
+            &format!(
+                "INSERT INTO ledger (seq, {COLUMNS}, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, \
              ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, \
              ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
-        ))?;
-        stmt.execute(params![
-            seq as i64,
-            self.record_id,
-            self.kind,
-            self.call_record_id,
-            self.event_time,
-            self.commit_time,
-            self.request_id,
-            self.account_id,
-            self.payer_account_id,
-            self.org_id,
-            self.user_name,
-            self.service,
-            self.action,
-            self.method,
-            self.status,
-            self.bytes_in,
-            self.bytes_out,
-            self.quantity,
-            self.per_request,
-            self.per_gb_in,
-            self.per_gb_out,
-            self.tiered,
-            self.amount_requests,
-            self.amount_gb_in,
-            self.amount_gb_out,
-            self.amount,
-            self.billing_month,
-            self.original_month,
-            chain::to_hex(prev),
-            chain::to_hex(hash),
-        ])?;
+            ),
+            params![
+                seq as i64,
+                self.record_id,
+                self.kind,
+                self.call_record_id,
+                self.event_time,
+                self.commit_time,
+                self.request_id,
+                self.account_id,
+                self.payer_account_id,
+                self.org_id,
+                self.user_name,
+                self.service,
+                self.action,
+                self.method,
+                self.status,
+                self.bytes_in,
+                self.bytes_out,
+                self.quantity,
+                self.per_request,
+                self.per_gb_in,
+                self.per_gb_out,
+                self.tiered,
+                self.amount_requests,
+                self.amount_gb_in,
+                self.amount_gb_out,
+                self.amount,
+                self.billing_month,
+                self.original_month,
+                chain::to_hex(prev),
+                chain::to_hex(hash),
+            ],
+        )?;
         Ok(())
     }
 
     /// Reads the hashed columns starting at column `at` of `row`.
-    pub fn from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Self> {
+    pub fn from_row(row: &Row<'_>, at: usize) -> Result<Self, DbError> {
         Ok(Self {
             record_id: row.get(at)?,
             kind: row.get(at + 1)?,
@@ -166,12 +162,12 @@ impl LedgerRow {
 }
 
 /// The last record's position, for the writer to continue from.
-pub(super) fn head(conn: &Connection) -> Result<super::ChainPosition, JournalError> {
+pub(super) fn head(conn: &Conn) -> Result<super::ChainPosition, JournalError> {
     super::read::chain_head(conn, "ledger")
 }
 
 /// Verifies the whole ledger chain in one read transaction.
-pub(super) fn verify(conn: &Connection) -> Result<VerifySummary, VerifyError> {
+pub(super) fn verify(conn: &Conn) -> Result<VerifySummary, VerifyError> {
     super::read::verify_table(conn, "ledger", COLUMNS, |row| {
         LedgerRow::from_row(row, 3).map(|r| r.canonical())
     })

@@ -1,5 +1,5 @@
-//! The read side of the journal, on connections other than the writer's (SQLite WAL lets
-//! readers see a consistent snapshot while the writer commits): chain verification, the usage a
+//! The read side of the journal, on connections other than the writer's (SQLite WAL and
+//! PostgreSQL MVCC let readers see a consistent snapshot while writers commit): chain verification, the usage a
 //! bill is computed from, month-to-date spend, FINAL months and decision queries (SPEC D2, D3).
 //!
 //! Nothing here writes. Stored values are parsed back into domain types; a value that does not
@@ -7,13 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, params_from_iter};
 use rust_decimal::Decimal;
 use serde_json::Value;
 
@@ -26,8 +23,11 @@ use crate::authz::{
 };
 use crate::billing::{Adjustment, Amounts, BillingMonth, Money, UsageAggregate};
 use crate::chain::{self, Hash};
+use crate::db::{
+    Behavior, Conn, DbError, OptionalExtension, Row, ToValue, Value as SqlValue, params,
+};
 use crate::ids::{AccountId, GroupName, OrgId, UserName};
-use crate::store::sqlite::{from_ms, to_ms};
+use crate::store::sql::{from_ms, to_ms};
 
 /// A payer's month as the bill needs it, read in one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +123,12 @@ pub enum QueryError {
     Journal(#[from] JournalError),
 }
 
+impl From<DbError> for QueryError {
+    fn from(e: DbError) -> Self {
+        QueryError::Journal(e.into())
+    }
+}
+
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
 const CURSOR_PREFIX: &str = "d1.";
@@ -130,41 +136,30 @@ const CURSOR_PREFIX: &str = "d1.";
 // === free functions ===
 
 /// A connection for reading (and for the verify commands), with the store's settings.
-pub fn open_reader(db_path: &Path) -> Result<Connection, JournalError> {
-    let conn = Connection::open_with_flags(
-        db_path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| JournalError::Unavailable(format!("cannot open `{}`: {e}", db_path.display())))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(unavailable)?;
-    Ok(conn)
+pub fn open_reader(db: &crate::db::Database) -> Result<Conn, JournalError> {
+    db.reader().map_err(unavailable)
 }
 
 /// Usage and adjustments booked on `payer`'s `month`, summed exactly from the ledger.
 pub fn usage_for_bill(
-    conn: &Connection,
+    conn: &Conn,
     payer: &AccountId,
     month: BillingMonth,
 ) -> Result<BillUsage, JournalError> {
-    let tx = conn.unchecked_transaction().map_err(unavailable)?;
+    let tx = conn.transaction(Behavior::Snapshot).map_err(unavailable)?;
     let through_seq: i64 = tx
-        .query_row("SELECT COALESCE(MAX(seq), 0) FROM ledger", [], |r| r.get(0))
+        .query_row("SELECT COALESCE(MAX(seq), 0) FROM ledger", params![], |r| {
+            r.get(0)
+        })
         .map_err(unavailable)?;
     type Key = (Option<String>, String, bool, String, String);
     let mut groups: BTreeMap<Key, (u64, u64, u64, Amounts)> = BTreeMap::new();
-    {
-        let mut stmt = tx
-            .prepare(
-                "SELECT original_month, account_id, org_id IS NOT NULL, service, action,
-                        quantity, bytes_in, bytes_out, amount_requests, amount_gb_in, amount_gb_out
-                 FROM ledger WHERE payer_account_id = ?1 AND billing_month = ?2",
-            )
-            .map_err(unavailable)?;
-        let mut rows = stmt
-            .query(params![payer.as_str(), month.to_string()])
-            .map_err(unavailable)?;
-        while let Some(row) = rows.next().map_err(unavailable)? {
+    tx.for_each(
+        "SELECT original_month, account_id, org_id IS NOT NULL, service, action,
+                quantity, bytes_in, bytes_out, amount_requests, amount_gb_in, amount_gb_out
+         FROM ledger WHERE payer_account_id = ?1 AND billing_month = ?2",
+        params![payer.as_str(), month.to_string()],
+        |row| {
             let key: Key = (
                 row.get(0).map_err(unavailable)?,
                 row.get(1).map_err(unavailable)?,
@@ -177,7 +172,7 @@ pub fn usage_for_bill(
                 u64::try_from(n).map_err(|_| corrupt(format!("negative count {n} in the ledger")))
             };
             let money = |i: usize| -> Result<Money, JournalError> {
-                parse_money(&row.get::<_, String>(i).map_err(unavailable)?)
+                parse_money(&row.get::<String>(i).map_err(unavailable)?)
             };
             let amounts = Amounts {
                 requests: money(8)?,
@@ -194,8 +189,9 @@ pub fn usage_for_bill(
                 .3
                 .checked_add(&amounts)
                 .map_err(|e| corrupt(e.to_string()))?;
-        }
-    }
+            Ok::<_, JournalError>(true)
+        },
+    )?;
     let mut usage = Vec::new();
     let mut adjustments = Vec::new();
     let mut bases: BTreeMap<(String, String, String, Option<String>), u64> = BTreeMap::new();
@@ -252,7 +248,7 @@ pub fn usage_for_bill(
 /// The quantity a tier group already had when its late records are billed: the original
 /// month's own records plus late records of it booked on earlier months.
 fn tier_base(
-    conn: &Connection,
+    conn: &Conn,
     payer: &AccountId,
     usage: &UsageAggregate,
     original: &str,
@@ -261,7 +257,7 @@ fn tier_base(
 ) -> Result<u64, JournalError> {
     let n: i64 = conn
         .query_row(
-            "SELECT COALESCE(SUM(quantity), 0) FROM ledger
+            "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger
              WHERE payer_account_id = ?1 AND service = ?2 AND action = ?3
                AND ((billing_month = ?4 AND original_month IS NULL)
                     OR (original_month = ?4 AND billing_month < ?5))
@@ -283,16 +279,17 @@ fn tier_base(
 
 /// Names of accounts from the accounts table (for the bill); unknown ids are left out.
 pub fn account_names<'a>(
-    conn: &Connection,
+    conn: &Conn,
     ids: impl IntoIterator<Item = &'a AccountId>,
 ) -> Result<BTreeMap<AccountId, String>, JournalError> {
-    let mut stmt = conn
-        .prepare_cached("SELECT name FROM accounts WHERE id = ?1")
-        .map_err(unavailable)?;
     let mut names = BTreeMap::new();
     for id in ids {
-        let name: Option<String> = stmt
-            .query_row([id.as_str()], |r| r.get(0))
+        let name: Option<String> = conn
+            .query_row(
+                "SELECT name FROM accounts WHERE id = ?1",
+                params![id.as_str()],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(unavailable)?;
         if let Some(name) = name {
@@ -306,24 +303,25 @@ pub fn account_names<'a>(
 /// in the running total the writer keeps). The request charge of tiered routes is not in it:
 /// it is known only on the bill.
 pub fn month_to_date_spend(
-    conn: &Connection,
+    conn: &Conn,
     account: &AccountId,
     now: DateTime<Utc>,
 ) -> Result<Money, JournalError> {
     let month = BillingMonth::containing(now).map_err(|e| corrupt(e.to_string()))?;
     let amount: Option<String> = conn
-        .prepare_cached("SELECT amount FROM ledger_spend WHERE account_id = ?1 AND month = ?2")
-        .and_then(|mut s| {
-            s.query_row(params![account.as_str(), month.to_string()], |r| r.get(0))
-                .optional()
-        })
+        .query_row(
+            "SELECT amount FROM ledger_spend WHERE account_id = ?1 AND month = ?2",
+            params![account.as_str(), month.to_string()],
+            |r| r.get(0),
+        )
+        .optional()
         .map_err(unavailable)?;
     amount.map_or(Ok(Money::ZERO), |a| parse_money(&a))
 }
 
 /// The seal of a FINAL month, if it is final.
 pub fn final_month(
-    conn: &Connection,
+    conn: &Conn,
     payer: &AccountId,
     month: BillingMonth,
 ) -> Result<Option<FinalMonth>, JournalError> {
@@ -337,7 +335,7 @@ pub fn final_month(
                 month,
                 finalized_at: from_ms(r.get(0)?),
                 content_hash: r.get(1)?,
-                through_seq: r.get::<_, i64>(2)? as u64,
+                through_seq: r.get::<i64>(2)? as u64,
             })
         },
     )
@@ -346,7 +344,7 @@ pub fn final_month(
 }
 
 /// Decisions (not reloads) of the visible accounts matching `filter`, newest first.
-pub fn query_decisions(conn: &Connection, filter: &DecisionFilter) -> Result<Page, QueryError> {
+pub fn query_decisions(conn: &Conn, filter: &DecisionFilter) -> Result<Page, QueryError> {
     let limit = filter.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(QueryError::InvalidLimit { limit });
@@ -369,7 +367,11 @@ pub fn query_decisions(conn: &Connection, filter: &DecisionFilter) -> Result<Pag
         .map(|a| SqlValue::Text(a.as_str().to_owned()))
         .collect();
     if let Some(user) = &filter.user {
-        sql.push_str(" AND user_name = ? COLLATE NOCASE");
+        sql.push_str(match conn.dialect() {
+            // Matches the index on `user_name COLLATE NOCASE` / `lower(user_name)`.
+            crate::db::Dialect::Sqlite => " AND user_name = ? COLLATE NOCASE",
+            crate::db::Dialect::Postgres => " AND lower(user_name) = lower(?)",
+        });
         args.push(SqlValue::Text(user.as_str().to_owned()));
     }
     if let Some(action) = &filter.action {
@@ -397,7 +399,8 @@ pub fn query_decisions(conn: &Connection, filter: &DecisionFilter) -> Result<Pag
     sql.push_str(" ORDER BY seq DESC LIMIT ?");
     args.push(SqlValue::Integer(i64::from(limit) + 1));
 
-    let mut records = select_decisions(conn, &sql, params_from_iter(args))?;
+    let refs: Vec<&dyn ToValue> = args.iter().map(|a| a as &dyn ToValue).collect();
+    let mut records = select_decisions(conn, &sql, &refs)?;
     let next_cursor = if records.len() > limit as usize {
         records.truncate(limit as usize);
         records.last().map(|r| encode_cursor(r.seq))
@@ -412,7 +415,7 @@ pub fn query_decisions(conn: &Connection, filter: &DecisionFilter) -> Result<Pag
 
 /// Every decision-log record of a request id, oldest first (ids may repeat: clients choose them).
 pub fn decision_by_request_id(
-    conn: &Connection,
+    conn: &Conn,
     request_id: &str,
 ) -> Result<Vec<DecisionRecord>, JournalError> {
     let sql = format!(
@@ -429,47 +432,40 @@ pub fn decision_by_request_id(
 /// `[since, until)`, oldest first, in one read snapshot; stops early when `f` returns `false`.
 /// For replaying the log (D4) without holding it in memory.
 pub fn for_each_decision(
-    conn: &Connection,
+    conn: &Conn,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
     mut f: impl FnMut(DecisionRecord) -> bool,
 ) -> Result<(), JournalError> {
-    let tx = conn.unchecked_transaction().map_err(unavailable)?;
+    let tx = conn.transaction(Behavior::Snapshot).map_err(unavailable)?;
     let sql = format!(
         "SELECT seq, prev_hash, hash, {} FROM decisions
          WHERE kind IN ('service', 'api') AND time >= ?1 AND time < ?2 ORDER BY seq",
         decisions::COLUMNS
     );
-    let mut stmt = tx.prepare(&sql).map_err(unavailable)?;
-    let mut rows = stmt
-        .query(params![
-            since.map_or(i64::MIN, to_ms),
-            until.map_or(i64::MAX, to_ms)
-        ])
-        .map_err(unavailable)?;
-    while let Some(row) = rows.next().map_err(unavailable)? {
-        let seq: i64 = row.get(0).map_err(unavailable)?;
-        let stored = DecisionRow::from_row(row, 3).map_err(unavailable)?;
-        if !f(DecisionRecord::from_stored(seq as u64, stored)?) {
-            break;
-        }
-    }
-    Ok(())
+    tx.for_each(
+        &sql,
+        params![since.map_or(i64::MIN, to_ms), until.map_or(i64::MAX, to_ms)],
+        |row| {
+            let seq: i64 = row.get(0).map_err(unavailable)?;
+            let stored = DecisionRow::from_row(row, 3).map_err(unavailable)?;
+            Ok::<_, JournalError>(f(DecisionRecord::from_stored(seq as u64, stored)?))
+        },
+    )
 }
 
 fn select_decisions(
-    conn: &Connection,
+    conn: &Conn,
     sql: &str,
-    args: impl rusqlite::Params,
+    args: &[&dyn ToValue],
 ) -> Result<Vec<DecisionRecord>, QueryError> {
-    let mut stmt = conn.prepare(sql).map_err(unavailable)?;
-    let mut rows = stmt.query(args).map_err(unavailable)?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(unavailable)? {
+    conn.for_each(sql, args, |row| {
         let seq: i64 = row.get(0).map_err(unavailable)?;
         let stored = DecisionRow::from_row(row, 3).map_err(unavailable)?;
         out.push(DecisionRecord::from_stored(seq as u64, stored)?);
-    }
+        Ok::<_, QueryError>(true)
+    })?;
     Ok(out)
 }
 
@@ -489,11 +485,11 @@ fn parse_cursor(cursor: &str) -> Result<i64, QueryError> {
 }
 
 /// The last record of `table` (`ledger` or `decisions`).
-pub(super) fn chain_head(conn: &Connection, table: &str) -> Result<ChainPosition, JournalError> {
+pub(super) fn chain_head(conn: &Conn, table: &str) -> Result<ChainPosition, JournalError> {
     let head: Option<(i64, String)> = conn
         .query_row(
             &format!("SELECT seq, hash FROM {table} ORDER BY seq DESC LIMIT 1"),
-            [],
+            params![],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()
@@ -509,10 +505,10 @@ pub(super) fn chain_head(conn: &Connection, table: &str) -> Result<ChainPosition
 
 /// Streams `table` in seq order through `chain::verify`, in one read snapshot.
 pub(super) fn verify_table(
-    conn: &Connection,
+    conn: &Conn,
     table: &str,
     columns: &str,
-    canonical: impl Fn(&Row<'_>) -> rusqlite::Result<Vec<u8>>,
+    canonical: impl Fn(&Row<'_>) -> Result<Vec<u8>, DbError>,
 ) -> Result<VerifySummary, VerifyError> {
     verify_table_from(
         conn,
@@ -527,56 +523,56 @@ pub(super) fn verify_table(
 /// [`verify_table`] from a trusted checkpoint: the first stored record must be `first_seq` and
 /// follow `prev_hash` (records before it were removed under that checkpoint).
 pub(super) fn verify_table_from(
-    conn: &Connection,
+    conn: &Conn,
     table: &str,
     columns: &str,
     first_seq: u64,
     prev_hash: Hash,
-    canonical: impl Fn(&Row<'_>) -> rusqlite::Result<Vec<u8>>,
+    canonical: impl Fn(&Row<'_>) -> Result<Vec<u8>, DbError>,
 ) -> Result<VerifySummary, VerifyError> {
     // One read snapshot: our own, unless the caller already holds one (to read a checkpoint
     // in the same snapshot).
-    let _tx = if conn.is_autocommit() {
-        Some(conn.unchecked_transaction().map_err(unavailable)?)
-    } else {
+    let _tx = if conn.in_transaction() {
         None
+    } else {
+        Some(conn.transaction(Behavior::Snapshot).map_err(unavailable)?)
     };
-    let mut stmt = conn
-        .prepare(&format!(
-            "SELECT seq, prev_hash, hash, {columns} FROM {table} ORDER BY seq"
-        ))
-        .map_err(unavailable)?;
-    let mut rows = stmt.query([]).map_err(unavailable)?;
-    let mut failure: Option<rusqlite::Error> = None;
+    // Pages of records in seq order, fetched as the chain check pulls them: memory stays
+    // bounded whatever the length of the chain.
+    let sql = format!(
+        "SELECT seq, prev_hash, hash, {columns} FROM {table} WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+    );
+    let mut failure: Option<DbError> = None;
     // An unparsable stored hash can never match a computed one.
     const UNMATCHABLE: Hash = [0xff; 32];
+    let mut page: std::collections::VecDeque<(u64, Vec<u8>, Hash, Hash)> = Default::default();
+    let mut after: i64 = first_seq.saturating_sub(1).try_into().unwrap_or(i64::MAX);
+    let mut exhausted = false;
     let records = std::iter::from_fn(|| {
-        let row = match rows.next() {
-            Ok(Some(row)) => row,
-            Ok(None) => return None,
-            Err(e) => {
-                failure = Some(e);
-                return None;
-            }
-        };
-        let item = (|| {
-            let seq: i64 = row.get(0)?;
-            let prev: String = row.get(1)?;
-            let hash: String = row.get(2)?;
-            Ok::<_, rusqlite::Error>((
-                u64::try_from(seq).unwrap_or(0),
-                canonical(row)?,
-                chain::parse_hash(&prev).unwrap_or(UNMATCHABLE),
-                chain::parse_hash(&hash).unwrap_or(UNMATCHABLE),
-            ))
-        })();
-        match item {
-            Ok(item) => Some(item),
-            Err(e) => {
-                failure = Some(e);
-                None
+        if page.is_empty() && !exhausted && failure.is_none() {
+            let fetched = conn.query_map(&sql, params![after, VERIFY_PAGE], |row| {
+                let seq: i64 = row.get(0)?;
+                let prev: String = row.get(1)?;
+                let hash: String = row.get(2)?;
+                Ok((
+                    u64::try_from(seq).unwrap_or(0),
+                    canonical(row)?,
+                    chain::parse_hash(&prev).unwrap_or(UNMATCHABLE),
+                    chain::parse_hash(&hash).unwrap_or(UNMATCHABLE),
+                ))
+            });
+            match fetched {
+                Ok(rows) => {
+                    exhausted = (rows.len() as i64) < VERIFY_PAGE;
+                    if let Some(last) = rows.last() {
+                        after = i64::try_from(last.0).unwrap_or(i64::MAX);
+                    }
+                    page.extend(rows);
+                }
+                Err(e) => failure = Some(e),
             }
         }
+        page.pop_front()
     });
     let result = chain::verify_from(first_seq, prev_hash, records);
     if let Some(e) = failure {
@@ -589,6 +585,9 @@ pub(super) fn verify_table_from(
         head_hash: head.hash,
     })
 }
+
+/// Records read per page while verifying a chain.
+const VERIFY_PAGE: i64 = 4096;
 
 /// Parses a stored exact amount (no length limit beyond `Decimal`'s, unlike config input).
 pub(super) fn parse_money(s: &str) -> Result<Money, JournalError> {

@@ -1,7 +1,6 @@
 //! Journal tests on real SQLite files in temp dirs: group commit, durability, ordering, tamper
 //! detection, store failure and recovery, restart, M6 booking, decision queries and spend.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +15,10 @@ use crate::authz::{
 use crate::billing::{Money, RoutePrice};
 use crate::chain::{self, ChainBreak};
 use crate::clock::ManualClock;
+use crate::db::{Conn, Database, params};
 use crate::ids::{AccountId, GroupName, OrgId, RequestId, UserName};
 use crate::metrics::Metrics;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sql::SqlStore;
 
 const A: &str = "111111111111";
 const B: &str = "222222222222";
@@ -27,7 +27,7 @@ const ORG: &str = "o-abcdefghij";
 
 struct Fixture {
     _dir: tempfile::TempDir,
-    db: PathBuf,
+    db: Database,
     clock: Arc<ManualClock>,
 }
 
@@ -39,8 +39,8 @@ fn at(y: i32, m: u32, d: u32) -> DateTime<Utc> {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
-    let db = store.path().to_path_buf();
+    let store = SqlStore::open(dir.path()).unwrap();
+    let db = store.database().clone();
     drop(store);
     Fixture {
         _dir: dir,
@@ -177,20 +177,22 @@ fn decision_entry(
     }
 }
 
-fn reader(f: &Fixture) -> rusqlite::Connection {
+fn reader(f: &Fixture) -> Conn {
     open_reader(&f.db).unwrap()
 }
 
-fn count(db: &Path, table: &str) -> i64 {
+fn count(db: &Database, table: &str) -> i64 {
     open_reader(db)
         .unwrap()
-        .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .query_row(&format!("SELECT COUNT(*) FROM {table}"), params![], |r| {
+            r.get(0)
+        })
         .unwrap()
 }
 
 /// Runs SQL on a separate read-write connection (the tamperer).
-fn tamper(db: &Path, sql: &str) {
-    let conn = crate::store::sqlite::open_connection(db).unwrap();
+fn tamper(db: &Database, sql: &str) {
+    let conn = db.connect().unwrap();
     conn.execute_batch(sql).unwrap();
 }
 
@@ -271,7 +273,7 @@ async fn an_acknowledged_record_is_visible_to_another_connection() {
         let (stored, commit_time): (String, i64) = conn
             .query_row(
                 "SELECT record_id, commit_time FROM ledger WHERE seq = ?1",
-                [receipt.seq as i64],
+                params![receipt.seq as i64],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
@@ -290,7 +292,7 @@ async fn an_acknowledged_record_is_visible_to_another_connection() {
     let stored: String = conn
         .query_row(
             "SELECT record_id FROM decisions WHERE seq = ?1",
-            [receipt.seq as i64],
+            params![receipt.seq as i64],
             |r| r.get(0),
         )
         .unwrap();
@@ -316,11 +318,11 @@ async fn an_enqueued_decision_is_durable_when_the_following_append_is_acknowledg
         // Durable and visible elsewhere as soon as the ledger append is acknowledged.
         let conn = reader(&f);
         let seen: Vec<String> = conn
-            .prepare("SELECT record_id FROM decisions ORDER BY seq")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
+            .query_map(
+                "SELECT record_id FROM decisions ORDER BY seq",
+                params![],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(seen, ids, "FIFO: decisions stored in the order queued");
     }
@@ -527,7 +529,7 @@ async fn a_deleted_record_is_reported_as_missing() {
 async fn a_forged_record_slipped_in_is_reported() {
     let f = populated().await;
     // Renumber 3..=5 to 4..=6 and insert a well-formed forged record 3 that links to 2.
-    let conn = crate::store::sqlite::open_connection(&f.db).unwrap();
+    let conn = f.db.connect().unwrap();
     conn.execute_batch(
         "UPDATE ledger SET seq = seq + 1000 WHERE seq >= 3;
          UPDATE ledger SET seq = seq - 999 WHERE seq >= 1003;",
@@ -541,7 +543,7 @@ async fn a_forged_record_slipped_in_is_reported() {
     let (mut row, prev_hex): (ledger::LedgerRow, String) = conn
         .query_row(
             &format!("SELECT seq, prev_hash, hash, {cols} FROM ledger WHERE seq = 2"),
-            [],
+            params![],
             |r| Ok((ledger::LedgerRow::from_row(r, 3)?, r.get(2)?)),
         )
         .unwrap();
@@ -549,7 +551,7 @@ async fn a_forged_record_slipped_in_is_reported() {
     row.amount = "0.00".into();
     let prev = chain::parse_hash(&prev_hex).unwrap();
     let hash = chain::link(&prev, &row.canonical());
-    let tx = conn.unchecked_transaction().unwrap();
+    let tx = conn.transaction(crate::db::Behavior::Immediate).unwrap();
     row.insert(&tx, 3, &prev, &hash).unwrap();
     tx.commit().unwrap();
     assert_eq!(
@@ -610,8 +612,11 @@ async fn a_full_disk_fails_the_batch_keeps_the_heads_and_recovers() {
     // The database may not grow any more: the next pages it needs are refused (SQLITE_FULL).
     journal
         .with_writer_connection(|c| {
-            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
-            c.pragma_update(None, "max_page_count", pages).unwrap();
+            let pages: i64 = c
+                .query_row("PRAGMA page_count", params![], |r| r.get(0))
+                .unwrap();
+            c.execute_batch(&format!("PRAGMA max_page_count = {pages}"))
+                .unwrap();
         })
         .await;
     let mut failure = None;
@@ -654,7 +659,7 @@ async fn a_full_disk_fails_the_batch_keeps_the_heads_and_recovers() {
     // Room again: the writer recovers by itself, first through its idle probe...
     journal
         .with_writer_connection(|c| {
-            c.pragma_update(None, "max_page_count", 1_073_741_823i64)
+            c.execute_batch("PRAGMA max_page_count = 1073741823")
                 .unwrap();
         })
         .await;
@@ -718,6 +723,7 @@ fn opening_an_unmigrated_database_is_refused() {
     let db = dir.path().join("empty.db");
     std::fs::File::create(&db).unwrap();
     let clock = Arc::new(ManualClock::new(at(2026, 3, 15)));
+    let db = Database::Sqlite(Arc::new(crate::db::SqliteDatabase::new(db)));
     let result = Journal::open(&db, clock, Arc::new(Metrics::new()));
     assert!(matches!(result, Err(JournalError::Unavailable(m)) if m.contains("schema")));
 }
@@ -782,7 +788,7 @@ async fn a_record_of_a_final_month_is_booked_on_the_next_open_month() {
     let (billing, original): (String, Option<String>) = conn
         .query_row(
             "SELECT billing_month, original_month FROM ledger WHERE seq = ?1",
-            [late.seq as i64],
+            params![late.seq as i64],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
@@ -798,7 +804,7 @@ async fn a_record_of_a_final_month_is_booked_on_the_next_open_month() {
     let billing: String = conn
         .query_row(
             "SELECT billing_month FROM ledger WHERE seq = ?1",
-            [other.seq as i64],
+            params![other.seq as i64],
             |r| r.get(0),
         )
         .unwrap();
@@ -833,7 +839,7 @@ async fn a_record_of_a_final_month_is_booked_on_the_next_open_month() {
     let (billing, original): (String, Option<String>) = conn
         .query_row(
             "SELECT billing_month, original_month FROM ledger WHERE seq = ?1",
-            [later.seq as i64],
+            params![later.seq as i64],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
@@ -855,7 +861,7 @@ async fn a_record_of_a_final_month_is_booked_on_the_next_open_month() {
     let billing: String = conn
         .query_row(
             "SELECT billing_month FROM ledger WHERE seq = ?1",
-            [again.seq as i64],
+            params![again.seq as i64],
             |r| r.get(0),
         )
         .unwrap();

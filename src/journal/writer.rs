@@ -1,19 +1,24 @@
 //! The writer thread: the only code that writes the journal tables.
 //!
 //! It owns one connection and the in-memory chain heads and FINAL months. Each turn it takes
-//! what is queued (up to `max_batch`), writes it in one `BEGIN IMMEDIATE` transaction, commits,
-//! and only then advances the heads and acknowledges the waiters. A failed batch rolls back and
-//! leaves the heads as they were, so the next batch continues the chain from the last committed
-//! record. It runs on a dedicated OS thread, never on a reactor thread.
+//! what is queued (up to `max_batch`), writes it in one transaction that holds the journal lock
+//! from its first statement ([`Behavior::Journal`]), commits, and only then advances the heads
+//! and acknowledges the waiters. A failed batch rolls back and leaves the heads as they were, so
+//! the next batch continues the chain from the last committed record. It runs on a dedicated OS
+//! thread, never on a reactor thread.
+//!
+//! On a shared database (PostgreSQL, several instances) other writers append too: each batch
+//! then reads both chain heads and the FINAL months again after taking the lock, so the chains
+//! stay one linear sequence across the fleet (a global `seq`, each record linked to the one
+//! before it, whichever instance wrote it). A broken connection is replaced before the next
+//! batch or probe.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::entry::Pending;
@@ -25,8 +30,9 @@ use super::{
 use crate::billing::{BillingMonth, Money};
 use crate::chain;
 use crate::clock::SharedClock;
+use crate::db::{Behavior, Conn, Database, DbError, OptionalExtension, Tx, params};
 use crate::ids::AccountId;
-use crate::store::sqlite::{open_connection, to_ms};
+use crate::store::sql::to_ms;
 
 /// The schema version that created the journal tables.
 const JOURNAL_SCHEMA_VERSION: i64 = 3;
@@ -40,7 +46,7 @@ pub(super) enum Command {
 }
 
 #[cfg(test)]
-pub(super) type Hook = Box<dyn FnOnce(&Connection) + Send>;
+pub(super) type Hook = Box<dyn FnOnce(&Conn) + Send>;
 
 pub(super) struct Write {
     pub pending: Pending,
@@ -57,7 +63,8 @@ pub(super) struct MarkFinal {
 }
 
 pub(super) struct WriterState {
-    conn: Connection,
+    db: Database,
+    conn: Conn,
     clock: SharedClock,
     options: JournalOptions,
     ledger: ChainPosition,
@@ -83,30 +90,30 @@ struct Committed {
 
 impl WriterState {
     pub fn open(
-        db_path: &Path,
+        db: &Database,
         clock: SharedClock,
         options: JournalOptions,
     ) -> Result<Self, JournalError> {
         let unavailable = |e: &dyn std::fmt::Display| {
-            JournalError::Unavailable(format!(
-                "cannot open the journal at `{}`: {e}",
-                db_path.display()
-            ))
+            JournalError::Unavailable(format!("cannot open the journal at {}: {e}", db.describe()))
         };
-        let conn = open_connection(db_path).map_err(|e| unavailable(&e))?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| unavailable(&e))?;
-        if version < JOURNAL_SCHEMA_VERSION {
-            return Err(JournalError::Unavailable(format!(
-                "the database at `{}` has schema version {version}; open the store first so it migrates to {JOURNAL_SCHEMA_VERSION}",
-                db_path.display()
-            )));
+        let conn = db.connect().map_err(|e| unavailable(&e))?;
+        if let Some(sqlite) = conn.as_sqlite() {
+            let version: i64 = sqlite
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(|e| unavailable(&e))?;
+            if version < JOURNAL_SCHEMA_VERSION {
+                return Err(JournalError::Unavailable(format!(
+                    "the database at {} has schema version {version}; open the store first so it migrates to {JOURNAL_SCHEMA_VERSION}",
+                    db.describe()
+                )));
+            }
         }
         let ledger = ledger::head(&conn)?;
         let decisions = decisions::head(&conn)?;
         let finals = load_finals(&conn)?;
         Ok(Self {
+            db: db.clone(),
             conn,
             clock,
             options,
@@ -127,14 +134,17 @@ impl WriterState {
     fn commit(&mut self, mut batch: Vec<Write>, final_cmd: Option<MarkFinal>, shared: &Shared) {
         let commit_time = self.clock.now();
         let heads = self.heads();
-        let result = write_batch(
-            &mut self.conn,
-            &self.finals,
-            heads,
-            &mut batch,
-            final_cmd.as_ref(),
-            commit_time,
-        );
+        let result = self.reconnect_if_broken().and_then(|()| {
+            write_batch(
+                &self.conn,
+                self.db.is_shared(),
+                &mut self.finals,
+                heads,
+                &mut batch,
+                final_cmd.as_ref(),
+                commit_time,
+            )
+        });
         match result {
             Ok(done) => {
                 self.ledger = done.ledger;
@@ -202,15 +212,25 @@ impl WriterState {
         }
     }
 
+    /// Replaces a connection the server closed (PostgreSQL restarted, network cut).
+    fn reconnect_if_broken(&mut self) -> Result<(), String> {
+        if self.conn.is_broken() {
+            self.conn = self.db.connect().map_err(|e| e.to_string())?;
+            tracing::info!("journal writer reconnected to {}", self.db.describe());
+        }
+        Ok(())
+    }
+
     /// While unhealthy and idle: is the store writable again?
     fn probe(&mut self, shared: &Shared) {
-        let result = self
-            .conn
-            .execute(
-                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'probe'",
-                [],
-            )
-            .map_err(|e| e.to_string());
+        let result = self.reconnect_if_broken().and_then(|()| {
+            self.conn
+                .execute(
+                    "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'probe'",
+                    params![],
+                )
+                .map_err(|e| e.to_string())
+        });
         match result {
             Ok(_) => {
                 tracing::info!("journal store is writable again");
@@ -280,19 +300,28 @@ pub(super) fn run(mut state: WriterState, rx: Receiver<Command>, shared: &Shared
     shared.closed.store(true, Ordering::Release);
 }
 
-/// Writes one batch; `Err` carries the reason (the transaction rolled back on drop).
+/// Writes one batch; `Err` carries the reason (the transaction rolled back on drop). On a
+/// shared database the heads and `finals` are read again under the lock (module docs).
 fn write_batch(
-    conn: &mut Connection,
-    finals: &HashSet<(String, BillingMonth)>,
+    conn: &Conn,
+    shared_db: bool,
+    finals: &mut HashSet<(String, BillingMonth)>,
     heads: JournalHeads,
     batch: &mut [Write],
     final_cmd: Option<&MarkFinal>,
     commit_time: DateTime<Utc>,
 ) -> Result<Committed, String> {
-    let sql = |e: rusqlite::Error| e.to_string();
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(sql)?;
+    let sql = |e: DbError| e.to_string();
+    let tx = conn.transaction(Behavior::Journal).map_err(sql)?;
+    let heads = if shared_db {
+        *finals = load_finals(&tx).map_err(|e| e.to_string())?;
+        JournalHeads {
+            ledger: ledger::head(&tx).map_err(|e| e.to_string())?,
+            decisions: decisions::head(&tx).map_err(|e| e.to_string())?,
+        }
+    } else {
+        heads
+    };
     let mut ledger_head = heads.ledger;
     let mut decisions_head = heads.decisions;
     let mut seqs = Vec::with_capacity(batch.len());
@@ -369,30 +398,31 @@ fn book(
 }
 
 fn add_spend(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     account: &str,
     month: &str,
     amount: Money,
     records: i64,
 ) -> Result<Money, String> {
     let current: Option<String> = tx
-        .prepare_cached("SELECT amount FROM ledger_spend WHERE account_id = ?1 AND month = ?2")
-        .and_then(|mut s| {
-            s.query_row(params![account, month], |r| r.get(0))
-                .optional()
-        })
+        .query_row(
+            "SELECT amount FROM ledger_spend WHERE account_id = ?1 AND month = ?2",
+            params![account, month],
+            |r| r.get(0),
+        )
+        .optional()
         .map_err(|e| e.to_string())?;
     let base = match current {
         None => Money::ZERO,
         Some(s) => super::read::parse_money(&s).map_err(|e| e.to_string())?,
     };
     let total = base.checked_add(amount).map_err(|e| e.to_string())?;
-    tx.prepare_cached(
+    tx.execute(
         "INSERT INTO ledger_spend (account_id, month, amount, records) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (account_id, month)
-         DO UPDATE SET amount = excluded.amount, records = records + excluded.records",
+         DO UPDATE SET amount = excluded.amount, records = ledger_spend.records + excluded.records",
+        params![account, month, total.to_string(), records],
     )
-    .and_then(|mut s| s.execute(params![account, month, total.to_string(), records]))
     .map_err(|e| e.to_string())?;
     Ok(total)
 }
@@ -400,11 +430,11 @@ fn add_spend(
 /// Seals a month inside the batch's transaction. The outer error is a store failure (the
 /// whole batch fails); the inner one a refusal of this request alone.
 fn mark_final(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     finals: &HashSet<(String, BillingMonth)>,
     cmd: &MarkFinal,
     now: DateTime<Utc>,
-) -> rusqlite::Result<Result<FinalMonth, FinalizeError>> {
+) -> Result<Result<FinalMonth, FinalizeError>, DbError> {
     let payer = cmd.payer.as_str();
     if finals.contains(&(payer.to_owned(), cmd.month)) {
         return Ok(Err(FinalizeError::AlreadyFinal {
@@ -440,22 +470,22 @@ fn mark_final(
     Ok(Ok(FinalMonth {
         payer: cmd.payer.clone(),
         month: cmd.month,
-        finalized_at: crate::store::sqlite::from_ms(to_ms(now)),
+        finalized_at: crate::store::sql::from_ms(to_ms(now)),
         content_hash: cmd.content_hash.clone(),
         through_seq: cmd.through_seq,
     }))
 }
 
-fn load_finals(conn: &Connection) -> Result<HashSet<(String, BillingMonth)>, JournalError> {
-    let mut stmt = conn
-        .prepare("SELECT payer_account_id, month FROM final_months")
-        .map_err(|e| JournalError::Unavailable(e.to_string()))?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+fn load_finals(conn: &Conn) -> Result<HashSet<(String, BillingMonth)>, JournalError> {
+    let rows = conn
+        .query_map(
+            "SELECT payer_account_id, month FROM final_months",
+            params![],
+            |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+        )
         .map_err(|e| JournalError::Unavailable(e.to_string()))?;
     let mut finals = HashSet::new();
-    for row in rows {
-        let (payer, month) = row.map_err(|e| JournalError::Unavailable(e.to_string()))?;
+    for (payer, month) in rows {
         let month = BillingMonth::parse(&month)
             .map_err(|e| JournalError::Corrupt(format!("final_months: {e}")))?;
         finals.insert((payer, month));

@@ -22,7 +22,8 @@ use tollgate::ids::{AccountId, OrgId, RequestId, UserName};
 use tollgate::journal::{Charge, LedgerEntry, MeteredCall, RecordId};
 use tollgate::org::FeatureSet;
 
-use crate::support::{Account, Client, MfaAccount, TestGateway, Upstream, binary};
+use crate::support::{self, Account, Client, MfaAccount, TestGateway, Upstream, binary};
+use tollgate::params;
 
 // === the world: a payer with two members, in a month of the future ===
 
@@ -616,13 +617,9 @@ async fn m6_finalize_after_grace_seals_the_bill_and_late_records_become_adjustme
 /// every service at `upstream`, and port 0.
 fn write_config(dir: &Path, data_dir: &Path, upstream: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut config = std::fs::read_to_string(root.join("config/tollgate.toml"))
-        .unwrap()
+    let shipped = std::fs::read_to_string(root.join("config/tollgate.toml")).unwrap();
+    let mut config = support::backend::with_store(&shipped, data_dir)
         .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
-        .replace(
-            "data_dir = \"data\"",
-            &format!("data_dir = {:?}", data_dir.display().to_string()),
-        )
         .replace(
             "dir = \"policies\"",
             &format!("dir = {:?}", root.join("policies").display().to_string()),
@@ -742,11 +739,11 @@ async fn o1_m7_bill_and_ledger_verify_commands_on_a_live_store_and_a_tampered_ro
     );
 
     // Altering one stored amount is found, by seq.
-    let db = rusqlite::Connection::open(gw.data_dir.join("tollgate.db")).unwrap();
-    db.busy_timeout(StdDuration::from_secs(5)).unwrap();
-    let changed = db
-        .execute("UPDATE ledger SET amount = '0' WHERE seq = 2", [])
-        .unwrap();
+    let changed = support::backend::with_db(gw.database(), |db| {
+        db.execute("UPDATE ledger SET amount = '0' WHERE seq = 2", params![])
+            .unwrap()
+    })
+    .await;
     assert_eq!(changed, 1);
     let (code, out, err) = tollgate(&["ledger", "verify"], &config);
     assert_eq!(code, 1, "{out}{err}");
@@ -763,17 +760,7 @@ async fn m2_calls_are_refused_while_the_ledger_cannot_be_written_and_served_agai
     calls(&a, Method::GET, "/svc/storage/objects", 1).await;
 
     // Another process-like connection holds the write lock longer than the busy timeout (5 s).
-    let db = gw.data_dir.join("tollgate.db");
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let holder = std::thread::spawn(move || {
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        locked_tx.send(()).unwrap();
-        let _ = release_rx.recv_timeout(StdDuration::from_secs(60));
-        conn.execute_batch("COMMIT").unwrap();
-    });
-    locked_rx.recv().unwrap();
+    let lock = support::backend::hold_write_lock(gw.database());
     let seen_before = upstream.seen().len();
     let r = a.client.get("/svc/storage/objects").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
@@ -792,8 +779,7 @@ async fn m2_calls_are_refused_while_the_ledger_cannot_be_written_and_served_agai
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
     assert_eq!(r.json()["status"], "unready");
 
-    release_tx.send(()).unwrap();
-    holder.join().unwrap();
+    drop(lock);
     let mut recovered = false;
     for _ in 0..50 {
         tokio::time::sleep(StdDuration::from_millis(200)).await;
@@ -804,12 +790,15 @@ async fn m2_calls_are_refused_while_the_ledger_cannot_be_written_and_served_agai
     }
     assert!(recovered, "ready again once the store takes writes");
     calls(&a, Method::GET, "/svc/storage/objects", 1).await;
-    let ledger = tollgate::journal::open_reader(&gw.data_dir.join("tollgate.db")).unwrap();
-    let calls_recorded: i64 = ledger
-        .query_row("SELECT COUNT(*) FROM ledger WHERE kind = 'call'", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let calls_recorded: i64 = support::backend::with_db(gw.database(), |db| {
+        db.query_row(
+            "SELECT COUNT(*) FROM ledger WHERE kind = 'call'",
+            params![],
+            |r| r.get(0),
+        )
+        .unwrap()
+    })
+    .await;
     assert_eq!(calls_recorded, 2, "the refused call left no record");
 }
 
@@ -922,21 +911,23 @@ async fn m2_m7_sigkill_mid_traffic_loses_no_served_call_and_both_chains_verify()
     gw.child.kill().unwrap();
     let _ = gw.child.wait();
 
-    let db = data.join("tollgate.db");
-    let conn = tollgate::journal::open_reader(&db).unwrap();
-    let count = |sql: &str| -> BTreeMap<String, i64> {
-        let mut stmt = conn.prepare(sql).unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+    let db = support::backend::database(&data);
+    let count = |sql: &'static str| {
+        support::backend::with_db(db.clone(), move |conn| {
+            conn.query_map(sql, params![], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .into_iter()
+                .collect::<BTreeMap<String, i64>>()
+        })
     };
     let call_records = count(
         "SELECT request_id, COUNT(*) FROM ledger WHERE kind = 'call' AND request_id LIKE 'crash-%' GROUP BY request_id",
-    );
+    )
+    .await;
     let decision_records = count(
         "SELECT request_id, COUNT(*) FROM decisions WHERE kind = 'service' AND request_id LIKE 'crash-%' GROUP BY request_id",
-    );
+    )
+    .await;
     let unique: HashSet<&String> = served.iter().collect();
     assert_eq!(unique.len(), served.len(), "request ids are unique");
     for rid in &served {
@@ -953,7 +944,10 @@ async fn m2_m7_sigkill_mid_traffic_loses_no_served_call_and_both_chains_verify()
     );
     let (code, out, err) = tollgate(&["ledger", "verify"], &config);
     assert_eq!(code, 0, "{out}{err}");
-    let decisions = tollgate::journal::verify_decisions(&db).expect("decision log verifies");
+    let decisions = tokio::task::spawn_blocking(move || tollgate::journal::verify_decisions(&db))
+        .await
+        .unwrap()
+        .expect("decision log verifies");
     assert!(decisions.records >= served.len() as u64);
 }
 

@@ -16,7 +16,8 @@ use tollgate::ids::{AccountId, HandshakeId};
 
 use crate::support::gateway::copy_policies;
 use crate::support::org::write;
-use crate::support::{Account, TestGateway, Upstream, binary};
+use crate::support::{self, Account, TestGateway, Upstream, binary};
+use tollgate::params;
 
 // === scaffolding ===
 
@@ -54,15 +55,10 @@ fn write_config(path: &Path, data_dir: &Path, policies: &Path) {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/tollgate.toml"),
     )
     .unwrap();
-    let text = shipped
-        .replace(
-            "data_dir = \"data\"",
-            &format!("data_dir = {:?}", data_dir.display().to_string()),
-        )
-        .replace(
-            "dir = \"policies\"",
-            &format!("dir = {:?}", policies.display().to_string()),
-        );
+    let text = support::backend::with_store(&shipped, data_dir).replace(
+        "dir = \"policies\"",
+        &format!("dir = {:?}", policies.display().to_string()),
+    );
     assert_ne!(text, shipped, "the shipped config changed shape");
     std::fs::write(path, text).unwrap();
 }
@@ -180,8 +176,8 @@ fn tollgate(args: &[&str]) -> Run {
     }
 }
 
-fn db(e: &Env) -> rusqlite::Connection {
-    rusqlite::Connection::open(e.gw.data_dir.join("tollgate.db")).unwrap()
+fn db(e: &Env) -> support::backend::TestDb {
+    support::backend::TestDb(e.gw.database())
 }
 
 /// Waits until every queued journal entry is committed (a later append proves earlier ones).
@@ -599,17 +595,13 @@ async fn d4_impact_lists_exactly_the_decisions_a_draft_would_flip_with_counts_an
     assert_eq!(groups[0]["count"], 3);
     // The billed amount is the ledger's, exactly, for those three calls.
     let expected: rust_decimal::Decimal = {
-        let conn = db(&e);
-        let mut stmt = conn
-            .prepare(
+        let amounts: Vec<String> = db(&e)
+            .query_map(
                 "SELECT amount FROM ledger WHERE account_id = ?1 AND action = 'storage:GetObject'",
+                params![a.id.as_str()],
+                |r| r.get(0),
             )
             .unwrap();
-        let amounts: Vec<String> = stmt
-            .query_map([a.id.as_str()], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
         assert!(
             amounts.len() >= 3,
             "a call record each, and transfers: {amounts:?}"
@@ -695,14 +687,14 @@ async fn d5_verify_passes_while_the_gateway_runs_and_names_the_altered_record() 
     let seq: i64 = db(&e)
         .query_row(
             "SELECT seq FROM decisions WHERE request_id = 'v-2'",
-            [],
+            params![],
             |r| r.get(0),
         )
         .unwrap();
     db(&e)
         .execute(
             "UPDATE decisions SET decision = 'Deny', denied_by = 'account' WHERE seq = ?1",
-            [seq],
+            params![seq],
         )
         .unwrap();
     let run = tollgate(&["decisions", "verify", "--config", config]);
@@ -746,7 +738,7 @@ async fn d5_prune_removes_old_records_under_a_checkpoint_and_verify_stays_green(
     let old: i64 = db(&e)
         .query_row(
             "SELECT MAX(seq) FROM decisions WHERE request_id LIKE 'old-%'",
-            [],
+            params![],
             |r| r.get(0),
         )
         .unwrap();
@@ -768,13 +760,13 @@ async fn d5_prune_removes_old_records_under_a_checkpoint_and_verify_stays_green(
     let left: i64 = db(&e)
         .query_row(
             "SELECT COUNT(*) FROM decisions WHERE request_id LIKE 'old-%'",
-            [],
+            params![],
             |r| r.get(0),
         )
         .unwrap();
     assert_eq!(left, 0);
     let min: i64 = db(&e)
-        .query_row("SELECT MIN(seq) FROM decisions", [], |r| r.get(0))
+        .query_row("SELECT MIN(seq) FROM decisions", params![], |r| r.get(0))
         .unwrap();
     assert_eq!(min, old + 1, "exactly the old prefix is gone");
 
@@ -802,7 +794,7 @@ async fn d5_prune_removes_old_records_under_a_checkpoint_and_verify_stays_green(
 
     // Removing more records without a checkpoint is a gap.
     db(&e)
-        .execute("DELETE FROM decisions WHERE seq = ?1", [old + 1])
+        .execute("DELETE FROM decisions WHERE seq = ?1", params![old + 1])
         .unwrap();
     let run = tollgate(&["decisions", "verify", "--config", config]);
     assert_eq!(run.code, 1);
@@ -863,12 +855,8 @@ async fn p7_every_reload_attempt_is_recorded_with_its_trigger_and_who_asked() {
     .await
     .unwrap();
 
-    let conn = db(&e);
-    let mut stmt = conn
-        .prepare("SELECT request_id, account_id, user_name, policy_version, errors, request_json FROM decisions WHERE kind = 'reload' ORDER BY seq")
-        .unwrap();
-    let rows: Vec<ReloadRow> = stmt
-        .query_map([], |r| {
+    let rows: Vec<ReloadRow> = db(&e)
+        .query_map("SELECT request_id, account_id, user_name, policy_version, errors, request_json FROM decisions WHERE kind = 'reload' ORDER BY seq", params![], |r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,
@@ -878,9 +866,7 @@ async fn p7_every_reload_attempt_is_recorded_with_its_trigger_and_who_asked() {
                 r.get(5)?,
             ))
         })
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+        .unwrap();
     assert_eq!(rows.len(), 3, "{rows:?}");
     let detail = |i: usize| -> Value { serde_json::from_str(&rows[i].5).unwrap() };
 
@@ -902,13 +888,11 @@ async fn p7_every_reload_attempt_is_recorded_with_its_trigger_and_who_asked() {
     assert_eq!(rows[2].1, None, "nobody asked through the API");
 
     // Every version that was active is archived with its sources.
-    let archived: Vec<String> = conn
-        .prepare("SELECT version FROM policy_versions")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let archived: Vec<String> = db(&e)
+        .query_map("SELECT version FROM policy_versions", params![], |r| {
+            r.get(0)
+        })
+        .unwrap();
     assert!(
         archived.contains(&before) && archived.contains(&loaded),
         "{archived:?}"
@@ -940,14 +924,14 @@ async fn p7_a_file_watcher_reload_is_archived_and_recorded() {
         &format!("accounts/{}/watched.cedar", acme.id),
         "@id(\"watched\")\npermit (principal, action == Tollgate::Action::\"storage:GetObject\", resource);\n",
     );
-    let conn = rusqlite::Connection::open(gw.data_dir.join("tollgate.db")).unwrap();
+    let conn = support::backend::TestDb(gw.database());
     let mut found = None;
     for _ in 0..100 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let row: Option<(String, String)> = conn
             .query_row(
                 "SELECT policy_version, request_json FROM decisions WHERE kind = 'reload' ORDER BY seq DESC LIMIT 1",
-                [],
+                params![],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .ok();
@@ -963,7 +947,7 @@ async fn p7_a_file_watcher_reload_is_archived_and_recorded() {
     let archived: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM policy_versions WHERE version = ?1",
-            [&version],
+            params![version],
             |r| r.get(0),
         )
         .unwrap();

@@ -27,7 +27,8 @@ use crate::support::faulty::{CUT_PROMISED, CUT_SENT, FaultyUpstream};
 use crate::support::gateway::{OWNER_PASSWORD, copy_policies};
 use crate::support::process::{self, Process};
 use crate::support::upstream::closed_port;
-use crate::support::{Account, Client, TestGateway, Upstream};
+use crate::support::{Account, Client, TestGateway, Upstream, backend};
+use tollgate::params;
 
 async fn gateway() -> (TestGateway, Upstream, Account) {
     let upstream = Upstream::start().await;
@@ -1178,23 +1179,17 @@ async fn p7_files_deleted_during_reloads_never_break_decisions() {
 
 /// (call records, transfer records) in the ledger for `request_id`.
 fn ledger_records(data_dir: &Path, request_id: &str) -> (Vec<(u16, u64)>, Vec<u64>) {
-    let conn = tollgate::journal::open_reader(&data_dir.join("tollgate.db")).expect("reader");
+    let rows = backend::query(&backend::database(data_dir), |conn| {
+        conn.query_map(
+            "SELECT kind, status, bytes_out FROM ledger WHERE request_id = ?1 ORDER BY seq",
+            params![request_id],
+            |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?, r.get::<i64>(2)?)),
+        )
+        .expect("query")
+    });
     let mut calls = Vec::new();
     let mut transfers = Vec::new();
-    let mut stmt = conn
-        .prepare("SELECT kind, status, bytes_out FROM ledger WHERE request_id = ?1 ORDER BY seq")
-        .expect("prepare");
-    let rows = stmt
-        .query_map([request_id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })
-        .expect("query");
-    for row in rows {
-        let (kind, status, bytes_out) = row.expect("row");
+    for (kind, status, bytes_out) in rows {
         match kind.as_str() {
             "call" => calls.push((status as u16, bytes_out as u64)),
             _ => transfers.push(bytes_out as u64),
@@ -1204,10 +1199,11 @@ fn ledger_records(data_dir: &Path, request_id: &str) -> (Vec<(u16, u64)>, Vec<u6
 }
 
 fn decisions_of(data_dir: &Path, request_id: &str) -> usize {
-    let conn = tollgate::journal::open_reader(&data_dir.join("tollgate.db")).expect("reader");
-    tollgate::journal::decision_by_request_id(&conn, request_id)
-        .expect("decisions")
-        .len()
+    backend::query(&backend::database(data_dir), |conn| {
+        tollgate::journal::decision_by_request_id(conn, request_id)
+            .expect("decisions")
+            .len()
+    })
 }
 
 async fn call_with_id(account: &Account, path: &str, request_id: &str) -> TestResponse {
@@ -1337,11 +1333,9 @@ async fn f4_m2_upstream_faults_fail_closed_and_only_answered_calls_are_charged()
 async fn m2_a_locked_store_refuses_calls_with_503_and_recovers() {
     let (gw, upstream, acme) = gateway().await;
     assert_eq!(gw.client.get("/readyz").await.status, StatusCode::OK);
-    let db = gw.data_dir.join("tollgate.db");
+    let db = gw.database();
     // Another process's connection takes the write lock and keeps it past the busy timeout.
-    let locker = rusqlite::Connection::open(&db).expect("open");
-    locker.busy_timeout(Duration::from_secs(10)).expect("busy");
-    locker.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let locker = backend::hold_write_lock(db.clone());
 
     let calls: Vec<_> = (0..3)
         .map(|i| {
@@ -1367,7 +1361,6 @@ async fn m2_a_locked_store_refuses_calls_with_503_and_recovers() {
     }
     let seen_while_locked = upstream.count();
 
-    locker.execute_batch("ROLLBACK").expect("unlock");
     drop(locker);
     let mut recovered = false;
     for _ in 0..40 {
@@ -1390,8 +1383,8 @@ async fn m2_a_locked_store_refuses_calls_with_503_and_recovers() {
     }
     assert_eq!(ledger_records(&gw.data_dir, "after-unlock").0.len(), 1);
     assert_eq!(decisions_of(&gw.data_dir, "after-unlock"), 1);
-    tollgate::journal::verify_ledger(&db).expect("ledger chain");
-    tollgate::journal::verify_decisions(&db).expect("decision chain");
+    backend::off_runtime(|| tollgate::journal::verify_ledger(&db)).expect("ledger chain");
+    backend::off_runtime(|| tollgate::journal::verify_decisions(&db)).expect("decision chain");
     eprintln!(
         "upstream calls made while the store was locked (answered 503, not metered): {seen_while_locked}"
     );
@@ -1473,34 +1466,38 @@ async fn m2_d1_sigkill_under_load_loses_no_answered_call_from_either_log() {
     );
 
     // The chains survive the crash, before and after a restart on the same data.
-    let db = data.join("tollgate.db");
-    tollgate::journal::verify_ledger(&db).expect("ledger chain after SIGKILL");
-    tollgate::journal::verify_decisions(&db).expect("decision chain after SIGKILL");
+    let db = backend::database(&data);
+    backend::off_runtime(|| tollgate::journal::verify_ledger(&db))
+        .expect("ledger chain after SIGKILL");
+    backend::off_runtime(|| tollgate::journal::verify_decisions(&db))
+        .expect("decision chain after SIGKILL");
     let mut gateway = Process::start(&config, &[]);
     let again = Client::new(&gateway.url).with_token(&token);
     assert_eq!(
         again.get("/svc/storage/objects/after").await.status,
         StatusCode::OK
     );
-    let conn = tollgate::journal::open_reader(&db).expect("reader");
-    let mut missing_ledger = Vec::new();
-    let mut missing_decision = Vec::new();
-    for id in &answered {
-        let calls: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM ledger WHERE request_id = ?1 AND kind = 'call'",
-                [id],
-                |r| r.get(0),
-            )
-            .expect("count");
-        if calls != 1 {
-            missing_ledger.push((id.clone(), calls));
+    let (missing_ledger, missing_decision) = backend::query(&db, |conn| {
+        let mut missing_ledger = Vec::new();
+        let mut missing_decision = Vec::new();
+        for id in &answered {
+            let calls: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM ledger WHERE request_id = ?1 AND kind = 'call'",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .expect("count");
+            if calls != 1 {
+                missing_ledger.push((id.clone(), calls));
+            }
+            let decisions = tollgate::journal::decision_by_request_id(conn, id).expect("decisions");
+            if decisions.len() != 1 {
+                missing_decision.push((id.clone(), decisions.len()));
+            }
         }
-        let decisions = tollgate::journal::decision_by_request_id(&conn, id).expect("decisions");
-        if decisions.len() != 1 {
-            missing_decision.push((id.clone(), decisions.len()));
-        }
-    }
+        (missing_ledger, missing_decision)
+    });
     assert!(
         missing_ledger.is_empty(),
         "answered calls without exactly one ledger record: {missing_ledger:?}"
@@ -1510,8 +1507,10 @@ async fn m2_d1_sigkill_under_load_loses_no_answered_call_from_either_log() {
         "answered calls without exactly one decision: {missing_decision:?}"
     );
     assert_eq!(gateway.terminate().code(), Some(0));
-    tollgate::journal::verify_ledger(&db).expect("ledger chain after restart");
-    tollgate::journal::verify_decisions(&db).expect("decision chain after restart");
+    backend::off_runtime(|| tollgate::journal::verify_ledger(&db))
+        .expect("ledger chain after restart");
+    backend::off_runtime(|| tollgate::journal::verify_decisions(&db))
+        .expect("decision chain after restart");
     eprintln!(
         "SIGKILL under load: {} answered calls, each with one ledger and one decision record",
         answered.len()

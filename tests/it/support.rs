@@ -3,6 +3,7 @@
 //! `mfa` (owners with MFA on and MFA logins), and `binary()` for tests that must run the real
 //! executable.
 
+pub mod backend;
 pub mod client;
 pub mod faulty;
 pub mod gateway;

@@ -11,13 +11,13 @@ use crate::auth::PasswordHash;
 use crate::ids::UserName;
 use crate::org::MembershipRole;
 use crate::store::accounts::AccountStore;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sql::SqlStore;
 
 const FAKE_PHC: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
 
 struct World {
     dir: TempDir,
-    store: SqliteStore,
+    store: SqlStore,
     org: OrgService,
     t0: DateTime<Utc>,
 }
@@ -31,8 +31,8 @@ fn new_account(name: &str) -> NewAccount {
     }
 }
 
-fn open(path: &Path) -> (SqliteStore, OrgService) {
-    let store = SqliteStore::open(path).unwrap();
+fn open(path: &Path) -> (SqlStore, OrgService) {
+    let store = SqlStore::open(path).unwrap();
     let org = OrgService::new(Arc::new(store.clone()));
     (store, org)
 }

@@ -50,6 +50,11 @@ impl TestGateway {
         format!("http://{}", self.addr)
     }
 
+    /// The gateway's database (SQLite file or PostgreSQL schema), to read what it stored.
+    pub fn database(&self) -> tollgate::db::Database {
+        self.app.store.database().clone()
+    }
+
     /// Stops accepting and drains, as on SIGTERM; returns when the server task ends.
     pub async fn shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -173,6 +178,7 @@ impl Builder {
             }
         };
         config.store.data_dir = data_dir.clone();
+        config.store.kind = super::backend::store_kind(&data_dir);
         for tweak in self.tweaks {
             tweak(&mut config);
         }

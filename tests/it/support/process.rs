@@ -24,12 +24,8 @@ pub struct Process {
 pub fn write_config(dir: &Path, data_dir: &Path, policies: &Path, upstream: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let shipped = std::fs::read_to_string(root.join("config/tollgate.toml")).expect("config");
-    let mut config = shipped
+    let mut config = super::backend::with_store(&shipped, data_dir)
         .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
-        .replace(
-            "data_dir = \"data\"",
-            &format!("data_dir = {:?}", data_dir.display().to_string()),
-        )
         .replace(
             "dir = \"policies\"",
             &format!("dir = {:?}", policies.display().to_string()),

@@ -1,13 +1,14 @@
-//! `OrgStore` on SQLite: organizations, membership history and handshakes (schema: migration 2).
+//! `OrgStore` on SQL: organizations, membership history and handshakes (schema: migration 2).
 //!
-//! An operation's transaction is `BEGIN IMMEDIATE`: it takes the write lock before its first
-//! read, so two operations (in this process or another one on the same file) never decide on
-//! the same stale state. This file holds no rules; they are in `org::service`.
+//! An operation's transaction is [`Behavior::Immediate`]: it takes the database's write lock
+//! before its first read (SQLite `BEGIN IMMEDIATE`; PostgreSQL an advisory lock every instance
+//! shares), so two operations, in this process or in another instance, never decide on the same
+//! stale state: two instances accepting one handshake cannot both win. This file holds no rules; they are in `org::service`.
 
 use std::any::Any;
 
+use crate::db::{Behavior, DbError, OptionalExtension, Row, Tx, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use crate::authz::FeatureSet;
 use crate::ids::{AccountId, HandshakeId, OrgId};
@@ -21,11 +22,11 @@ use crate::store::StoreError;
 use crate::store::accounts::NewAccount;
 
 use super::accounts::insert_account;
-use super::{SqliteStore, from_ms, to_ms};
+use super::{SqlStore, from_ms, to_ms};
 
-/// [`OrgTx`] over one open SQLite transaction.
-struct SqliteOrgTx<'a> {
-    tx: &'a Transaction<'a>,
+/// [`OrgTx`] over one open transaction.
+struct SqlOrgTx<'a> {
+    tx: &'a Tx<'a>,
 }
 
 const HANDSHAKE_COLUMNS: &str =
@@ -34,19 +35,19 @@ const HANDSHAKE_COLUMNS: &str =
 /// An instant later than any stored one, for open-ended periods in SQL comparisons.
 const FOREVER_MS: i64 = i64::MAX;
 
-fn corrupt(what: &str) -> rusqlite::Error {
-    rusqlite::Error::InvalidColumnType(0, what.to_owned(), rusqlite::types::Type::Text)
+fn corrupt(what: &str) -> DbError {
+    DbError::corrupt(what)
 }
 
-fn account_col(row: &Row<'_>, i: usize, what: &str) -> rusqlite::Result<AccountId> {
-    AccountId::parse(&row.get::<_, String>(i)?).map_err(|_| corrupt(what))
+fn account_col(row: &Row<'_>, i: usize, what: &str) -> Result<AccountId, DbError> {
+    AccountId::parse(&row.get::<String>(i)?).map_err(|_| corrupt(what))
 }
 
-fn org_col(row: &Row<'_>, i: usize) -> rusqlite::Result<OrgId> {
-    OrgId::parse(&row.get::<_, String>(i)?).map_err(|_| corrupt("org_id"))
+fn org_col(row: &Row<'_>, i: usize) -> Result<OrgId, DbError> {
+    OrgId::parse(&row.get::<String>(i)?).map_err(|_| corrupt("org_id"))
 }
 
-fn handshake_from_row(row: &Row<'_>) -> rusqlite::Result<Handshake> {
+fn handshake_from_row(row: &Row<'_>) -> Result<Handshake, DbError> {
     let id: String = row.get(0)?;
     let kind: String = row.get(1)?;
     let state: String = row.get(2)?;
@@ -69,7 +70,7 @@ fn handshake_from_row(row: &Row<'_>) -> rusqlite::Result<Handshake> {
     })
 }
 
-fn organization_from_row(row: &Row<'_>) -> rusqlite::Result<Organization> {
+fn organization_from_row(row: &Row<'_>) -> Result<Organization, DbError> {
     let feature_set: String = row.get(2)?;
     Ok(Organization {
         id: org_col(row, 0)?,
@@ -79,7 +80,7 @@ fn organization_from_row(row: &Row<'_>) -> rusqlite::Result<Organization> {
     })
 }
 
-fn member_from_row(row: &Row<'_>) -> rusqlite::Result<Member> {
+fn member_from_row(row: &Row<'_>) -> Result<Member, DbError> {
     let method: String = row.get(2)?;
     Ok(Member {
         account_id: account_col(row, 0, "account_id")?,
@@ -91,7 +92,7 @@ fn member_from_row(row: &Row<'_>) -> rusqlite::Result<Member> {
 
 /// Columns: org_id, management_account_id, account_id, joined_method (NULL for the management
 /// account), from, until.
-fn period_from_row(row: &Row<'_>) -> rusqlite::Result<MembershipPeriod> {
+fn period_from_row(row: &Row<'_>) -> Result<MembershipPeriod, DbError> {
     let method: Option<String> = row.get(3)?;
     let role = match method {
         None => MembershipRole::Management,
@@ -105,13 +106,13 @@ fn period_from_row(row: &Row<'_>) -> rusqlite::Result<MembershipPeriod> {
         account_id: account_col(row, 2, "account_id")?,
         role,
         from: from_ms(row.get(4)?),
-        until: row.get::<_, Option<i64>>(5)?.map(from_ms),
+        until: row.get::<Option<i64>>(5)?.map(from_ms),
     })
 }
 
-// === impl SqliteOrgTx ===
+// === impl SqlOrgTx ===
 
-impl OrgTx for SqliteOrgTx<'_> {
+impl OrgTx for SqlOrgTx<'_> {
     fn account_name(&self, account: &AccountId) -> Result<Option<String>, StoreError> {
         Ok(self
             .tx
@@ -180,15 +181,14 @@ impl OrgTx for SqliteOrgTx<'_> {
     }
 
     fn members(&self, org: &OrgId) -> Result<Vec<Member>, StoreError> {
-        let mut stmt = self.tx.prepare_cached(
+        let members = self.tx.query_map(
             "SELECT m.account_id, a.name, m.joined_method, m.joined_at
              FROM memberships m JOIN accounts a ON a.id = m.account_id
              WHERE m.org_id = ?1 AND m.left_at IS NULL
              ORDER BY m.joined_at, m.account_id",
+            params![org.as_str()],
+            member_from_row,
         )?;
-        let members = stmt
-            .query_map(params![org.as_str()], member_from_row)?
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(members)
     }
 
@@ -206,9 +206,7 @@ impl OrgTx for SqliteOrgTx<'_> {
                 params![org.as_str(), account.as_str(), method.as_str(), to_ms(at)],
             )
             .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
+                DbError::Constraint(_) => {
                     StoreError::Conflict(format!("account {account} is already a member"))
                 }
                 e => e.into(),
@@ -250,13 +248,14 @@ impl OrgTx for SqliteOrgTx<'_> {
             ),
             HandshakeFilter::Children(parent) => ("parent_id = ?1", parent.as_str()),
         };
-        let mut stmt = self.tx.prepare_cached(&format!(
-            "SELECT {HANDSHAKE_COLUMNS} FROM handshakes WHERE {condition}
+        let handshakes = self.tx.query_map(
+            &format!(
+                "SELECT {HANDSHAKE_COLUMNS} FROM handshakes WHERE {condition}
              ORDER BY created_at DESC, id"
-        ))?;
-        let handshakes = stmt
-            .query_map(params![key], handshake_from_row)?
-            .collect::<Result<Vec<_>, _>>()?;
+            ),
+            params![key],
+            handshake_from_row,
+        )?;
         Ok(handshakes)
     }
 
@@ -295,14 +294,14 @@ impl OrgTx for SqliteOrgTx<'_> {
     }
 }
 
-// === impl SqliteStore ===
+// === impl SqlStore ===
 
 #[async_trait::async_trait]
-impl OrgStore for SqliteStore {
+impl OrgStore for SqlStore {
     async fn org_transaction(&self, body: TxBody) -> Result<Box<dyn Any + Send>, OrgError> {
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            match body(&SqliteOrgTx { tx: &tx }) {
+            let tx = conn.transaction(Behavior::Immediate)?;
+            match body(&SqlOrgTx { tx: &tx }) {
                 Ok(out) => {
                     tx.commit()?;
                     Ok(Ok(out))
@@ -333,7 +332,7 @@ impl OrgStore for SqliteStore {
     ) -> Result<Attribution, StoreError> {
         let account = account.clone();
         self.call(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction(Behavior::Deferred)?;
             let at = to_ms(at);
             // A member pays through its management account ...
             let member: Option<(String, String)> = tx
@@ -412,14 +411,13 @@ impl OrgStore for SqliteStore {
                  WHERE start < ?2 AND COALESCE(until, ?4) > ?3
                  ORDER BY start, 3"
             );
-            let tx = conn.transaction()?;
+            let tx = conn.transaction(Behavior::Deferred)?;
             let periods = {
-                let mut stmt = tx.prepare_cached(&sql)?;
-                stmt.query_map(
+                tx.query_map(
+                    &sql,
                     params![key, to_ms(end), to_ms(start), FOREVER_MS],
                     period_from_row,
                 )?
-                .collect::<Result<Vec<_>, _>>()?
             };
             Ok(periods)
         })

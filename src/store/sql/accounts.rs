@@ -1,7 +1,7 @@
 //! `AccountStore` on SQLite. Each method is one transaction on the blocking pool.
 
+use crate::db::{Behavior, Conn, DbError, OptionalExtension, Row, Tx, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, Row, Transaction, params};
 
 use crate::auth::{
     AccessKeyId, AccessKeySecretHash, LoginAttempts, PasswordHash, PasswordPolicyParams,
@@ -14,7 +14,7 @@ use crate::store::accounts::{
     NewAccount, PrincipalRecord, RecordedFailure, UserRecord,
 };
 
-use super::{SqliteStore, from_ms, to_ms};
+use super::{SqlStore, from_ms, to_ms};
 
 const USER_COLUMNS: &str =
     "account_id, name, is_owner, password_hash, password_changed_at, created_at,
@@ -23,7 +23,7 @@ const USER_COLUMNS: &str =
 /// Inserts an account with a fresh id and its owner, inside the caller's transaction (so
 /// creating a member account can join the organization in the same transaction).
 pub fn insert_account(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     new: &NewAccount,
     now: DateTime<Utc>,
 ) -> Result<AccountId, StoreError> {
@@ -46,7 +46,7 @@ pub fn insert_account(
 }
 
 fn insert_user(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     account: &AccountId,
     user: &UserName,
     password: &PasswordHash,
@@ -67,7 +67,7 @@ fn insert_user(
     Ok(())
 }
 
-fn user_from_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
+fn user_from_row(row: &Row<'_>) -> Result<UserRecord, DbError> {
     let account: String = row.get(0)?;
     let name: String = row.get(1)?;
     let hash: String = row.get(3)?;
@@ -82,9 +82,7 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
         (Some(secret), false) => MfaState::Pending { secret },
         (None, _) => MfaState::Off,
     };
-    let corrupt = |what: &str| {
-        rusqlite::Error::InvalidColumnType(0, what.to_owned(), rusqlite::types::Type::Text)
-    };
+    let corrupt = |what: &str| DbError::corrupt(what);
     Ok(UserRecord {
         account_id: AccountId::parse(&account).map_err(|_| corrupt("account_id"))?,
         name: UserName::parse(&name).map_err(|_| corrupt("name"))?,
@@ -93,18 +91,16 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
         password_changed_at: from_ms(row.get(4)?),
         created_at: from_ms(row.get(5)?),
         attempts: LoginAttempts {
-            consecutive_failures: row.get::<_, i64>(6)? as u32,
-            locked_until: row.get::<_, Option<i64>>(7)?.map(from_ms),
+            consecutive_failures: row.get::<i64>(6)? as u32,
+            locked_until: row.get::<Option<i64>>(7)?.map(from_ms),
         },
         mfa,
         tokens_valid_after: from_ms(row.get(11)?),
     })
 }
 
-fn access_key_from_row(row: &Row<'_>) -> rusqlite::Result<AccessKeyRecord> {
-    let corrupt = |what: &str| {
-        rusqlite::Error::InvalidColumnType(0, what.to_owned(), rusqlite::types::Type::Text)
-    };
+fn access_key_from_row(row: &Row<'_>) -> Result<AccessKeyRecord, DbError> {
+    let corrupt = |what: &str| DbError::corrupt(what);
     let id: String = row.get(0)?;
     let account: String = row.get(1)?;
     let user: String = row.get(2)?;
@@ -119,7 +115,7 @@ fn access_key_from_row(row: &Row<'_>) -> rusqlite::Result<AccessKeyRecord> {
 }
 
 fn login_attempts(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     account: &AccountId,
     key: &str,
 ) -> Result<Option<LoginAttempts>, StoreError> {
@@ -129,8 +125,8 @@ fn login_attempts(
             params![account.as_str(), key],
             |r| {
                 Ok(LoginAttempts {
-                    consecutive_failures: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(u32::MAX),
-                    locked_until: r.get::<_, Option<i64>>(1)?.map(from_ms),
+                    consecutive_failures: u32::try_from(r.get::<i64>(0)?).unwrap_or(u32::MAX),
+                    locked_until: r.get::<Option<i64>>(1)?.map(from_ms),
                 })
             },
         )
@@ -138,7 +134,7 @@ fn login_attempts(
 }
 
 fn write_login_attempts(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     account: &AccountId,
     key: &str,
     attempts: LoginAttempts,
@@ -158,7 +154,7 @@ fn write_login_attempts(
 /// The organization an account is in now: as a current member, or as a live organization's
 /// management account.
 pub fn current_organization(
-    conn: &rusqlite::Connection,
+    conn: &Conn,
     account: &AccountId,
 ) -> Result<Option<OrgMembership>, StoreError> {
     let row: Option<(String, String, String)> = conn
@@ -185,7 +181,7 @@ pub fn current_organization(
 
 /// Whether the group and the user exist, read inside a change's transaction.
 fn group_and_user(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     account: &AccountId,
     group_key: &str,
     user_key: &str,
@@ -214,13 +210,13 @@ fn group_and_user(
 /// Adds or removes one group membership with `write` (which returns the rows it changed), after
 /// checking that both the group and the user exist, in one transaction.
 fn change_group_member(
-    conn: &mut rusqlite::Connection,
+    conn: &mut Conn,
     account: &AccountId,
     group_key: &str,
     user_key: &str,
-    write: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<usize>,
+    write: impl FnOnce(&Tx<'_>) -> Result<usize, DbError>,
 ) -> Result<GroupMemberChange, StoreError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let tx = conn.transaction(Behavior::Immediate)?;
     if let Some(missing) = group_and_user(&tx, account, group_key, user_key)? {
         return Ok(missing);
     }
@@ -234,14 +230,14 @@ fn change_group_member(
 }
 
 #[async_trait::async_trait]
-impl AccountStore for SqliteStore {
+impl AccountStore for SqlStore {
     async fn create_account(
         &self,
         new: NewAccount,
         now: DateTime<Utc>,
     ) -> Result<AccountId, StoreError> {
         self.call(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction(Behavior::Deferred)?;
             let id = insert_account(&tx, &new, now)?;
             tx.commit()?;
             Ok(id)
@@ -310,7 +306,7 @@ impl AccountStore for SqliteStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?
             .to_string();
         let key = (account.as_str().to_owned(), user.key(), jti.to_owned());
-        // The caller cache (see `store::sqlite`): no blocking hop while nothing changed.
+        // The caller cache (see `store::sql`): no blocking hop while nothing changed.
         if let Some(spend) = self
             .spend_book()
             .and_then(|b| b.get(account.as_str(), &month))
@@ -323,7 +319,7 @@ impl AccountStore for SqliteStore {
         let account = account.clone();
         self.call(move |conn| {
             let generation = store.generation();
-            let tx = conn.transaction()?;
+            let tx = conn.transaction(Behavior::Deferred)?;
             let found = tx
                 .query_row(
                     &format!(
@@ -331,21 +327,20 @@ impl AccountStore for SqliteStore {
                          FROM users WHERE account_id = ?1 AND name_key = ?2"
                     ),
                     params![account.as_str(), key.1],
-                    |r| Ok((user_from_row(r)?, r.get::<_, String>(12)?)),
+                    |r| Ok((user_from_row(r)?, r.get::<String>(12)?)),
                 )
                 .optional()?;
             let Some((user, account_name)) = found else {
                 return Ok(None);
             };
             let groups = {
-                let mut stmt = tx.prepare_cached(
+                let names = tx.query_map(
                     "SELECT g.name FROM group_members m JOIN groups g
                        ON g.account_id = m.account_id AND g.name_key = m.group_key
                      WHERE m.account_id = ?1 AND m.user_key = ?2 ORDER BY g.name_key",
+                    params![account.as_str(), key.1],
+                    |r| r.get::<String>(0),
                 )?;
-                let names = stmt
-                    .query_map(params![account.as_str(), key.1], |r| r.get::<_, String>(0))?
-                    .collect::<Result<Vec<_>, _>>()?;
                 names
                     .iter()
                     .filter_map(|n| GroupName::parse(n).ok())
@@ -396,7 +391,7 @@ impl AccountStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let (account, user) = (account.clone(), user.clone());
         self.call(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction(Behavior::Deferred)?;
             insert_user(&tx, &account, &user, &password, false, now)?;
             tx.commit()?;
             Ok(())
@@ -413,7 +408,7 @@ impl AccountStore for SqliteStore {
         let (account, key) = (account.clone(), user.key());
         self.call(move |conn| {
             // IMMEDIATE: read and write under one write lock, so no failure is lost.
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let tx = conn.transaction(Behavior::Immediate)?;
             let before = login_attempts(&tx, &account, &key)?.unwrap_or_default();
             let after = before.after_failure(now);
             if after != before {
@@ -433,7 +428,7 @@ impl AccountStore for SqliteStore {
     ) -> Result<LoginAttempts, StoreError> {
         let (account, key) = (account.clone(), user.key());
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let tx = conn.transaction(Behavior::Immediate)?;
             let Some(stored) = login_attempts(&tx, &account, &key)? else {
                 return Ok(LoginAttempts::default());
             };
@@ -460,7 +455,7 @@ impl AccountStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let (account, key) = (account.clone(), user.key());
         self.call(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction(Behavior::Deferred)?;
             tx.execute(
                 "INSERT INTO password_history (account_id, name_key, password_hash, changed_at)
                  SELECT account_id, name_key, password_hash, password_changed_at FROM users
@@ -492,13 +487,12 @@ impl AccountStore for SqliteStore {
     ) -> Result<Vec<PasswordHash>, StoreError> {
         let (account, key) = (account.clone(), user.key());
         self.call(move |conn| {
-            let mut stmt = conn.prepare_cached(
+            let hashes = conn.query_map(
                 "SELECT password_hash FROM password_history WHERE account_id = ?1 AND name_key = ?2
                  ORDER BY changed_at DESC, rowid DESC",
+                params![account.as_str(), key],
+                |r| r.get::<String>(0),
             )?;
-            let hashes = stmt
-                .query_map(params![account.as_str(), key], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
             Ok(hashes
                 .into_iter()
                 .filter_map(|h| PasswordHash::from_phc(h).ok())
@@ -635,7 +629,7 @@ impl AccountStore for SqliteStore {
 
     async fn create_access_key(&self, key: AccessKeyRecord, max: usize) -> Result<(), StoreError> {
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let tx = conn.transaction(Behavior::Immediate)?;
             let count: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM access_keys WHERE account_id = ?1 AND name_key = ?2",
                 params![key.account_id.as_str(), key.user.key()],
@@ -676,14 +670,13 @@ impl AccountStore for SqliteStore {
     ) -> Result<Vec<AccessKeyRecord>, StoreError> {
         let (account, key) = (account.clone(), user.key());
         self.call(move |conn| {
-            let mut stmt = conn.prepare_cached(
+            let keys = conn.query_map(
                 "SELECT k.id, k.account_id, u.name, k.secret_hash, k.created_at FROM access_keys k
                  JOIN users u ON u.account_id = k.account_id AND u.name_key = k.name_key
                  WHERE k.account_id = ?1 AND k.name_key = ?2 ORDER BY k.created_at",
+                params![account.as_str(), key],
+                access_key_from_row,
             )?;
-            let keys = stmt
-                .query_map(params![account.as_str(), key], access_key_from_row)?
-                .collect::<Result<Vec<_>, _>>()?;
             Ok(keys)
         })
         .await
@@ -736,17 +729,12 @@ impl AccountStore for SqliteStore {
     async fn groups(&self, account: &AccountId) -> Result<Vec<GroupRecord>, StoreError> {
         let account = account.clone();
         self.call(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction(Behavior::Deferred)?;
             let corrupt = |what: &str| StoreError::Corrupt(format!("account {account}: bad {what}"));
             let mut groups: Vec<(String, GroupRecord)> = {
-                let mut stmt = tx.prepare_cached(
-                    "SELECT name_key, name, created_at FROM groups WHERE account_id = ?1 ORDER BY name_key",
-                )?;
-                let rows = stmt
-                    .query_map(params![account.as_str()], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
+                let rows = tx.query_map("SELECT name_key, name, created_at FROM groups WHERE account_id = ?1 ORDER BY name_key", params![account.as_str()], |r| {
+                        Ok((r.get::<String>(0)?, r.get::<String>(1)?, r.get::<i64>(2)?))
+                    })?;
                 rows.into_iter()
                     .map(|(key, name, created_at)| {
                         let name = GroupName::parse(&name).map_err(|_| corrupt("group name"))?;
@@ -754,16 +742,11 @@ impl AccountStore for SqliteStore {
                     })
                     .collect::<Result<_, StoreError>>()?
             };
-            let mut stmt = tx.prepare_cached(
-                "SELECT m.group_key, u.name FROM group_members m JOIN users u
+            let members = tx.query_map("SELECT m.group_key, u.name FROM group_members m JOIN users u
                    ON u.account_id = m.account_id AND u.name_key = m.user_key
-                 WHERE m.account_id = ?1 ORDER BY m.group_key, m.user_key",
-            )?;
-            let members = stmt
-                .query_map(params![account.as_str()], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+                 WHERE m.account_id = ?1 ORDER BY m.group_key, m.user_key", params![account.as_str()], |r| {
+                    Ok((r.get::<String>(0)?, r.get::<String>(1)?))
+                })?;
             for (group_key, user) in members {
                 let user = UserName::parse(&user).map_err(|_| corrupt("user name"))?;
                 if let Some((_, g)) = groups.iter_mut().find(|(k, _)| *k == group_key) {
@@ -838,7 +821,7 @@ impl AccountStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let jti = jti.to_owned();
         self.call(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction(Behavior::Deferred)?;
             tx.execute(
                 "INSERT INTO revoked_tokens (jti, expires_at) VALUES (?1, ?2) ON CONFLICT (jti) DO NOTHING",
                 params![jti, to_ms(expires_at)],

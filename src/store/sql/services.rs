@@ -3,8 +3,8 @@
 //! one account serialise instead of both reading "nothing open". Partial unique indexes keep at
 //! most one open sign-up and one open plan per (account, service) whatever happens.
 
+use crate::db::{Behavior, DbError, OptionalExtension, Row, Tx, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use crate::ids::AccountId;
 use crate::store::StoreError;
@@ -12,27 +12,27 @@ use crate::store::services::{
     PlanChange, PlanPeriodRecord, ServiceStore, SignoffOutcome, SignupOutcome, SignupPeriod,
 };
 
-use super::{SqliteStore, from_ms, to_ms};
+use super::{SqlStore, from_ms, to_ms};
 
-fn signup_from_row(row: &Row<'_>) -> rusqlite::Result<SignupPeriod> {
+fn signup_from_row(row: &Row<'_>) -> Result<SignupPeriod, DbError> {
     Ok(SignupPeriod {
         service: row.get(0)?,
         signed_up_at: from_ms(row.get(1)?),
-        signed_off_at: row.get::<_, Option<i64>>(2)?.map(from_ms),
+        signed_off_at: row.get::<Option<i64>>(2)?.map(from_ms),
     })
 }
 
-fn plan_from_row(row: &Row<'_>) -> rusqlite::Result<PlanPeriodRecord> {
+fn plan_from_row(row: &Row<'_>) -> Result<PlanPeriodRecord, DbError> {
     Ok(PlanPeriodRecord {
         service: row.get(0)?,
         plan: row.get(1)?,
         from: from_ms(row.get(2)?),
-        until: row.get::<_, Option<i64>>(3)?.map(from_ms),
+        until: row.get::<Option<i64>>(3)?.map(from_ms),
     })
 }
 
 fn open_signup(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     account: &AccountId,
     service: &str,
 ) -> Result<Option<SignupPeriod>, StoreError> {
@@ -47,7 +47,7 @@ fn open_signup(
 }
 
 fn open_plan(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     account: &AccountId,
     service: &str,
 ) -> Result<Option<PlanPeriodRecord>, StoreError> {
@@ -63,7 +63,7 @@ fn open_plan(
 
 /// Ends the open plan of `service` at `now`; returns it as ended.
 fn end_plan(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     account: &AccountId,
     service: &str,
     now: DateTime<Utc>,
@@ -85,7 +85,7 @@ fn end_plan(
 }
 
 #[async_trait::async_trait]
-impl ServiceStore for SqliteStore {
+impl ServiceStore for SqlStore {
     async fn sign_up(
         &self,
         account: &AccountId,
@@ -94,7 +94,7 @@ impl ServiceStore for SqliteStore {
     ) -> Result<SignupOutcome, StoreError> {
         let (account, service) = (account.clone(), service.to_owned());
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.transaction(Behavior::Immediate)?;
             if let Some(open) = open_signup(&tx, &account, &service)? {
                 return Ok(SignupOutcome::AlreadySignedUp(open));
             }
@@ -120,7 +120,7 @@ impl ServiceStore for SqliteStore {
     ) -> Result<SignoffOutcome, StoreError> {
         let (account, service) = (account.clone(), service.to_owned());
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.transaction(Behavior::Immediate)?;
             let Some(open) = open_signup(&tx, &account, &service)? else {
                 return Ok(SignoffOutcome::NotSignedUp);
             };
@@ -146,12 +146,13 @@ impl ServiceStore for SqliteStore {
     async fn is_signed_up(&self, account: &AccountId, service: &str) -> Result<bool, StoreError> {
         let (account, service) = (account.clone(), service.to_owned());
         self.call(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT 1 FROM service_signups
-                 WHERE account_id = ?1 AND service = ?2 AND signed_off_at IS NULL",
-            )?;
-            Ok(stmt
-                .query_row(params![account.as_str(), service], |_| Ok(()))
+            Ok(conn
+                .query_row(
+                    "SELECT 1 FROM service_signups
+                     WHERE account_id = ?1 AND service = ?2 AND signed_off_at IS NULL",
+                    params![account.as_str(), service],
+                    |_| Ok(()),
+                )
                 .optional()?
                 .is_some())
         })
@@ -161,13 +162,12 @@ impl ServiceStore for SqliteStore {
     async fn signup_periods(&self, account: &AccountId) -> Result<Vec<SignupPeriod>, StoreError> {
         let account = account.clone();
         self.call(move |conn| {
-            let mut stmt = conn.prepare_cached(
+            let rows = conn.query_map(
                 "SELECT service, signed_up_at, signed_off_at FROM service_signups
                  WHERE account_id = ?1 ORDER BY service, signed_up_at, id",
+                params![account.as_str()],
+                signup_from_row,
             )?;
-            let rows = stmt
-                .query_map(params![account.as_str()], signup_from_row)?
-                .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
         .await
@@ -184,7 +184,7 @@ impl ServiceStore for SqliteStore {
         let (account, service, plan) =
             (account.clone(), service.to_owned(), plan.map(str::to_owned));
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.transaction(Behavior::Immediate)?;
             if require_signup && plan.is_some() && open_signup(&tx, &account, &service)?.is_none() {
                 return Ok(PlanChange::NotSignedUp);
             }
@@ -220,13 +220,12 @@ impl ServiceStore for SqliteStore {
     async fn plan_history(&self, account: &AccountId) -> Result<Vec<PlanPeriodRecord>, StoreError> {
         let account = account.clone();
         self.call(move |conn| {
-            let mut stmt = conn.prepare_cached(
+            let rows = conn.query_map(
                 "SELECT service, plan, started_at, ended_at FROM plan_periods
                  WHERE account_id = ?1 ORDER BY service, started_at, id",
+                params![account.as_str()],
+                plan_from_row,
             )?;
-            let rows = stmt
-                .query_map(params![account.as_str()], plan_from_row)?
-                .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
         .await
@@ -240,17 +239,13 @@ impl ServiceStore for SqliteStore {
     ) -> Result<Vec<PlanPeriodRecord>, StoreError> {
         let account = account.clone();
         self.call(move |conn| {
-            let mut stmt = conn.prepare_cached(
+            let rows = conn.query_map(
                 "SELECT service, plan, started_at, ended_at FROM plan_periods
                  WHERE account_id = ?1 AND started_at < ?3 AND (ended_at IS NULL OR ended_at > ?2)
                  ORDER BY service, started_at, id",
+                params![account.as_str(), to_ms(start), to_ms(end)],
+                plan_from_row,
             )?;
-            let rows = stmt
-                .query_map(
-                    params![account.as_str(), to_ms(start), to_ms(end)],
-                    plan_from_row,
-                )?
-                .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
         .await
@@ -262,9 +257,9 @@ mod tests {
     use super::*;
     use crate::store::accounts::{AccountStore, NewAccount};
 
-    async fn store_with_account() -> (tempfile::TempDir, SqliteStore, AccountId) {
+    async fn store_with_account() -> (tempfile::TempDir, SqlStore, AccountId) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = SqliteStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let store = SqlStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let hash = crate::auth::PasswordHash::from_phc(
             "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$CTFhFdXPJO1aFaMaO6Mm5c8y7cJHAph8ArZWb2GRPPc"
                 .to_owned(),

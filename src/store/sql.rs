@@ -1,24 +1,27 @@
-//! The embedded store: one SQLite database (`tollgate.db`) in the data dir, in WAL mode with
-//! `synchronous=FULL`, so a committed transaction survives a power cut.
+//! The store on SQL: the embedded SQLite database (`tollgate.db` in the data dir, WAL mode,
+//! `synchronous=FULL`, so a committed transaction survives a power cut) or PostgreSQL shared by
+//! several instances (SPEC O3). The statements are the same for both ([`crate::db`]); only the
+//! schema migrations are written per dialect.
 //!
-//! Blocking SQLite calls run on tokio's blocking pool, never on a reactor thread. Schema changes
-//! are numbered migrations tracked in `PRAGMA user_version`; a database from a newer tollgate is
-//! refused rather than guessed at.
+//! Blocking calls run on tokio's blocking pool, never on a reactor thread. Schema changes are
+//! numbered migrations (SQLite: tracked in `PRAGMA user_version`; PostgreSQL: in
+//! `schema_version`, applied under an advisory lock so instances starting together take turns);
+//! a database from a newer tollgate is refused rather than guessed at.
 //!
 //! # The caller cache
 //! Every request reads its caller (`principal`: user, groups, organization, revocation of its
 //! token) and the account's password policy. Those rows change rarely, so the answers are cached
 //! in memory ([`CallerCache`]) and the request skips the blocking pool and SQLite altogether.
 //! Correctness rests on one rule: **every call that changes any row bumps the store's
-//! generation before it returns** ([`SqliteStore::call`] compares SQLite's `total_changes`
+//! generation before it returns** ([`SqlStore::call`] compares SQLite's `total_changes`
 //! around the closure, so no write method can forget), and a cached answer is used only while
 //! the generation is the one it was read at (read under the same connection lock as the rows).
 //! A group change, a logout, a password change, an organization move: each is a write, so the
 //! very next request reads the store again (SPEC U7, U10). The month-to-date spend is not cached
 //! here: it comes from the journal's [`SpendBook`], which its writer keeps exactly at the
 //! committed `ledger_spend`. This holds because the serving process is the only writer of these
-//! tables (the CLI subcommands only read them); a store shared by several gateway instances
-//! (PostgreSQL scale-out) must not use this cache.
+//! tables (the CLI subcommands only read them); so the cache is off on PostgreSQL, where other
+//! instances write too, and every request reads its caller from the database.
 
 pub mod accounts;
 pub mod org;
@@ -27,21 +30,22 @@ pub mod services;
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
-use rusqlite::{Connection, OpenFlags};
 
 use super::accounts::PrincipalRecord;
 use super::{Health, StoreError};
 use crate::auth::PasswordPolicyParams;
+use crate::config::{StoreConfig, StoreKind};
+use crate::db::{Behavior, Conn, Database, PgDatabase, SqliteDatabase, params};
 use crate::journal::SpendBook;
 
 /// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`. Never edit a
 /// released entry: add a new one.
-const MIGRATIONS: &[&str] = &[
+const SQLITE_MIGRATIONS: &[&str] = &[
     // 1: bookkeeping
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
      INSERT INTO meta (key, value) VALUES ('created_by', 'tollgate'), ('probe', '0');",
@@ -279,15 +283,247 @@ const MIGRATIONS: &[&str] = &[
      ) STRICT;",
 ];
 
-/// The embedded SQLite store.
+/// The PostgreSQL schema, in the same numbering scheme as [`SQLITE_MIGRATIONS`] but its own
+/// list. Same tables and columns; integers are `BIGINT`, generated ids `BIGSERIAL`, and
+/// `password_history` has an explicit `rowid` so the statements written for SQLite's implicit
+/// one run unchanged.
+const POSTGRES_MIGRATIONS: &[&str] = &[
+    // 1: everything of SQLite migrations 1 to 5.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     INSERT INTO meta (key, value) VALUES ('created_by', 'tollgate'), ('probe', '0');
+     CREATE TABLE accounts (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        email TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+     );
+     CREATE TABLE users (
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        name_key TEXT NOT NULL,
+        name TEXT NOT NULL,
+        is_owner BIGINT NOT NULL DEFAULT 0,
+        password_hash TEXT NOT NULL,
+        password_changed_at BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        failed_logins BIGINT NOT NULL DEFAULT 0,
+        locked_until BIGINT,
+        mfa_secret TEXT,
+        mfa_enabled BIGINT NOT NULL DEFAULT 0,
+        mfa_last_step BIGINT,
+        tokens_valid_after BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (account_id, name_key)
+     );
+     CREATE TABLE password_history (
+        rowid BIGSERIAL PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        name_key TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        changed_at BIGINT NOT NULL,
+        FOREIGN KEY (account_id, name_key) REFERENCES users(account_id, name_key) ON DELETE CASCADE
+     );
+     CREATE INDEX password_history_user ON password_history(account_id, name_key, changed_at);
+     CREATE TABLE password_policies (
+        account_id TEXT PRIMARY KEY REFERENCES accounts(id),
+        min_length BIGINT NOT NULL,
+        require_uppercase BIGINT NOT NULL,
+        require_lowercase BIGINT NOT NULL,
+        require_digit BIGINT NOT NULL,
+        require_symbol BIGINT NOT NULL,
+        max_age_days BIGINT,
+        reuse_prevention BIGINT,
+        updated_at BIGINT NOT NULL
+     );
+     CREATE TABLE access_keys (
+        id TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        name_key TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        FOREIGN KEY (account_id, name_key) REFERENCES users(account_id, name_key) ON DELETE CASCADE
+     );
+     CREATE INDEX access_keys_user ON access_keys(account_id, name_key);
+     CREATE TABLE revoked_tokens (
+        jti TEXT PRIMARY KEY,
+        expires_at BIGINT NOT NULL
+     );
+     CREATE TABLE groups (
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        name_key TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (account_id, name_key)
+     );
+     CREATE TABLE group_members (
+        account_id TEXT NOT NULL,
+        group_key TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        added_at BIGINT NOT NULL,
+        PRIMARY KEY (account_id, group_key, user_key),
+        FOREIGN KEY (account_id, group_key) REFERENCES groups(account_id, name_key) ON DELETE CASCADE,
+        FOREIGN KEY (account_id, user_key) REFERENCES users(account_id, name_key) ON DELETE CASCADE
+     );
+     CREATE TABLE organizations (
+        id TEXT PRIMARY KEY,
+        management_account_id TEXT NOT NULL REFERENCES accounts(id),
+        feature_set TEXT NOT NULL CHECK (feature_set IN ('CONSOLIDATED_BILLING', 'ALL_FEATURES')),
+        created_at BIGINT NOT NULL,
+        deleted_at BIGINT
+     );
+     CREATE UNIQUE INDEX organizations_live_management
+        ON organizations(management_account_id) WHERE deleted_at IS NULL;
+     CREATE TABLE memberships (
+        id BIGSERIAL PRIMARY KEY,
+        org_id TEXT NOT NULL REFERENCES organizations(id),
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        joined_method TEXT NOT NULL CHECK (joined_method IN ('CREATED', 'INVITED')),
+        joined_at BIGINT NOT NULL,
+        left_at BIGINT
+     );
+     CREATE UNIQUE INDEX memberships_current ON memberships(account_id) WHERE left_at IS NULL;
+     CREATE INDEX memberships_org ON memberships(org_id, joined_at);
+     CREATE TABLE handshakes (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('INVITE', 'ENABLE_ALL_FEATURES', 'APPROVE_ALL_FEATURES')),
+        state TEXT NOT NULL CHECK (state IN ('REQUESTED', 'OPEN', 'ACCEPTED', 'DECLINED', 'CANCELED', 'EXPIRED')),
+        org_id TEXT NOT NULL REFERENCES organizations(id),
+        from_account_id TEXT NOT NULL REFERENCES accounts(id),
+        to_account_id TEXT REFERENCES accounts(id),
+        parent_id TEXT REFERENCES handshakes(id),
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+     );
+     CREATE INDEX handshakes_org ON handshakes(org_id, state);
+     CREATE INDEX handshakes_to ON handshakes(to_account_id, state);
+     CREATE TABLE ledger (
+        seq BIGINT PRIMARY KEY,
+        record_id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL CHECK (kind IN ('call', 'transfer')),
+        call_record_id TEXT,
+        event_time BIGINT NOT NULL,
+        commit_time BIGINT NOT NULL,
+        request_id TEXT NOT NULL,
+        account_id TEXT NOT NULL,
+        payer_account_id TEXT NOT NULL,
+        org_id TEXT,
+        user_name TEXT NOT NULL,
+        service TEXT NOT NULL,
+        action TEXT NOT NULL,
+        method TEXT NOT NULL,
+        status BIGINT NOT NULL,
+        bytes_in BIGINT NOT NULL,
+        bytes_out BIGINT NOT NULL,
+        quantity BIGINT NOT NULL,
+        per_request TEXT,
+        per_gb_in TEXT,
+        per_gb_out TEXT,
+        tiered BIGINT NOT NULL,
+        amount_requests TEXT NOT NULL,
+        amount_gb_in TEXT NOT NULL,
+        amount_gb_out TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        billing_month TEXT NOT NULL,
+        original_month TEXT,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        CHECK ((kind = 'transfer') = (call_record_id IS NOT NULL))
+     );
+     CREATE INDEX ledger_request ON ledger(request_id);
+     CREATE INDEX ledger_payer_month ON ledger(payer_account_id, billing_month);
+     CREATE INDEX ledger_call ON ledger(call_record_id) WHERE call_record_id IS NOT NULL;
+     CREATE TABLE ledger_spend (
+        account_id TEXT NOT NULL,
+        month TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        records BIGINT NOT NULL,
+        PRIMARY KEY (account_id, month)
+     );
+     CREATE TABLE final_months (
+        payer_account_id TEXT NOT NULL,
+        month TEXT NOT NULL,
+        finalized_at BIGINT NOT NULL,
+        content_hash TEXT NOT NULL,
+        through_seq BIGINT NOT NULL,
+        PRIMARY KEY (payer_account_id, month)
+     );
+     CREATE TABLE decisions (
+        seq BIGINT PRIMARY KEY,
+        record_id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL CHECK (kind IN ('service', 'api', 'reload')),
+        time BIGINT NOT NULL,
+        request_id TEXT,
+        account_id TEXT,
+        user_name TEXT,
+        action TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        source_ip TEXT,
+        mfa BIGINT,
+        decision TEXT CHECK (decision IN ('Allow', 'Deny')),
+        denied_by TEXT CHECK (denied_by IN ('account', 'organization')),
+        account_policies TEXT NOT NULL,
+        org_applied BIGINT NOT NULL,
+        org_reason TEXT,
+        org_policies TEXT NOT NULL,
+        errors TEXT NOT NULL,
+        policy_version TEXT NOT NULL,
+        request_json TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        CHECK ((kind = 'reload') = (decision IS NULL))
+     );
+     CREATE INDEX decisions_request ON decisions(request_id);
+     CREATE INDEX decisions_account ON decisions(account_id, seq);
+     CREATE INDEX decisions_account_user ON decisions(account_id, lower(user_name), seq);
+     CREATE INDEX decisions_account_action ON decisions(account_id, action, seq);
+     CREATE INDEX decisions_account_decision ON decisions(account_id, decision, seq);
+     CREATE INDEX decisions_time ON decisions(time);
+     CREATE TABLE service_signups (
+        id BIGSERIAL PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        service TEXT NOT NULL,
+        signed_up_at BIGINT NOT NULL,
+        signed_off_at BIGINT,
+        CHECK (signed_off_at IS NULL OR signed_off_at >= signed_up_at)
+     );
+     CREATE UNIQUE INDEX service_signups_open
+        ON service_signups(account_id, service) WHERE signed_off_at IS NULL;
+     CREATE INDEX service_signups_account ON service_signups(account_id, service, signed_up_at);
+     CREATE TABLE plan_periods (
+        id BIGSERIAL PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        service TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        started_at BIGINT NOT NULL,
+        ended_at BIGINT,
+        CHECK (ended_at IS NULL OR ended_at >= started_at)
+     );
+     CREATE UNIQUE INDEX plan_periods_open
+        ON plan_periods(account_id, service) WHERE ended_at IS NULL;
+     CREATE INDEX plan_periods_account ON plan_periods(account_id, started_at);
+     CREATE TABLE policy_versions (
+        version TEXT PRIMARY KEY,
+        first_loaded_at BIGINT NOT NULL,
+        sources_json TEXT NOT NULL
+     );
+     CREATE TABLE decision_checkpoints (
+        through_seq BIGINT PRIMARY KEY,
+        through_hash TEXT NOT NULL,
+        pruned_at BIGINT NOT NULL,
+        records BIGINT NOT NULL
+     );",
+];
+
+/// The store, on either database.
 #[derive(Clone)]
-pub struct SqliteStore {
+pub struct SqlStore {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    path: PathBuf,
-    conn: Mutex<Connection>,
+    db: Database,
+    /// SQLite: the store's one read-write connection (the journal writer has its own).
+    /// PostgreSQL: `None`; each call takes a connection from the pool.
+    conn: Option<Mutex<Conn>>,
     /// Bumped by every call that changed a row (module docs).
     generation: AtomicU64,
     callers: RwLock<CallerCache>,
@@ -308,9 +544,27 @@ pub(crate) struct CallerCache {
     pub(crate) password_policies: HashMap<String, Option<PasswordPolicyParams>>,
 }
 
-// === impl SqliteStore ===
+// === impl SqlStore ===
 
-impl SqliteStore {
+impl SqlStore {
+    /// Opens the configured store and brings its schema up to date: SQLite in the data dir, or
+    /// the PostgreSQL server. Blocking (PostgreSQL connects); call it before serving or on the
+    /// blocking pool.
+    pub fn open_config(config: &StoreConfig) -> Result<Self, StoreError> {
+        match &config.kind {
+            StoreKind::Sqlite => Self::open(&config.data_dir),
+            StoreKind::Postgres {
+                url,
+                password,
+                pool_size,
+            } => Self::open_postgres(
+                url,
+                password.as_deref(),
+                u32::try_from(*pool_size).unwrap_or(u32::MAX),
+            ),
+        }
+    }
+
     /// Opens (creating on first start) `tollgate.db` in `data_dir` and brings its schema up to date.
     /// The data dir is created 0700 and the database file 0600.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
@@ -326,68 +580,126 @@ impl SqliteStore {
                     StoreError::Unavailable(format!("cannot create `{}`: {e}", path.display()))
                 })?;
         }
-        let conn = open_connection(&path)?;
-        let store = Self {
+        let db = SqliteDatabase::new(path);
+        let conn = db.connect()?;
+        let store = Self::with(Database::Sqlite(Arc::new(db)), Some(conn));
+        store.migrate_sqlite()?;
+        Ok(store)
+    }
+
+    /// Connects to PostgreSQL at `url` and brings its schema up to date.
+    pub fn open_postgres(
+        url: &str,
+        password: Option<&str>,
+        pool_size: u32,
+    ) -> Result<Self, StoreError> {
+        let db = PgDatabase::open(url, password, pool_size)?;
+        let store = Self::with(Database::Postgres(Arc::new(db)), None);
+        store.migrate_postgres()?;
+        Ok(store)
+    }
+
+    fn with(db: Database, conn: Option<Conn>) -> Self {
+        Self {
             inner: Arc::new(Inner {
-                path,
-                conn: Mutex::new(conn),
+                db,
+                conn: conn.map(Mutex::new),
                 generation: AtomicU64::new(0),
                 callers: RwLock::new(CallerCache::default()),
                 spend: OnceLock::new(),
             }),
+        }
+    }
+
+    /// The database, for the journal and the audit archive (which own their tables).
+    pub fn database(&self) -> &Database {
+        &self.inner.db
+    }
+
+    /// The SQLite file, if the store is embedded.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.inner.db {
+            Database::Sqlite(db) => Some(db.path()),
+            Database::Postgres(_) => None,
+        }
+    }
+
+    fn migrate_sqlite(&self) -> Result<(), StoreError> {
+        let Some(conn) = &self.inner.conn else {
+            return Ok(());
         };
-        store.migrate()?;
-        Ok(store)
+        let conn = conn.lock();
+        let current: i64 = conn.query_row("PRAGMA user_version", params![], |r| r.get(0))?;
+        apply_migrations(&conn, SQLITE_MIGRATIONS, current, |tx, version| {
+            tx.execute_batch(&format!("PRAGMA user_version = {version}"))
+        })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    fn migrate_postgres(&self) -> Result<(), StoreError> {
+        let conn = self.inner.db.connect()?;
+        let lock = crate::db::postgres::MIGRATION_LOCK;
+        // Session-level: held across the migrations' own transactions, released below.
+        conn.execute_batch(&format!("SELECT pg_advisory_lock({lock})"))?;
+        let result = (|| {
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)",
+            )?;
+            let current: Option<i64> =
+                conn.query_row("SELECT MAX(version) FROM schema_version", params![], |r| {
+                    r.get(0)
+                })?;
+            apply_migrations(
+                &conn,
+                POSTGRES_MIGRATIONS,
+                current.unwrap_or(0),
+                |tx, version| {
+                    tx.execute(
+                        "INSERT INTO schema_version (version) VALUES (?1)",
+                        params![version],
+                    )
+                    .map(|_| ())
+                },
+            )
+        })();
+        conn.execute_batch(&format!("SELECT pg_advisory_unlock({lock})"))?;
+        result
     }
 
-    fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.inner.conn.lock();
-        let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let target = MIGRATIONS.len() as i64;
-        if current > target {
-            return Err(StoreError::Corrupt(format!(
-                "database schema version {current} is newer than this tollgate knows ({target}); upgrade tollgate"
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tx.commit()?;
-        }
-        Ok(())
-    }
-
-    /// Runs `f` with the connection on the blocking pool. If `f` changed any row (even in a
+    /// Runs `f` with a connection on the blocking pool. If `f` changed any row (even in a
     /// transaction it then rolled back), the generation moves on before this returns, so no
     /// cached caller read before the change is used after it.
     pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.conn.lock();
-            let before = conn.total_changes();
-            let result = f(&mut conn);
-            if conn.total_changes() != before {
-                inner.generation.fetch_add(1, Ordering::AcqRel);
+        tokio::task::spawn_blocking(move || match &inner.conn {
+            Some(conn) => {
+                let mut conn = conn.lock();
+                let before = conn.total_changes();
+                let result = f(&mut conn);
+                if conn.total_changes() != before {
+                    inner.generation.fetch_add(1, Ordering::AcqRel);
+                }
+                result
             }
-            result
+            None => {
+                let mut conn = inner.db.connect()?;
+                f(&mut conn)
+            }
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
     }
 
     /// Lets principal reads take the month-to-date spend from the journal's book, which turns
-    /// the caller cache on (module docs). Call once, right after opening the journal.
+    /// the caller cache on (module docs). Call once, right after opening the journal; ignored
+    /// on a shared database, where the book would miss other instances' spend.
     pub fn attach_spend_book(&self, book: Arc<SpendBook>) {
-        let _ = self.inner.spend.set(book);
+        if !self.inner.db.is_shared() {
+            let _ = self.inner.spend.set(book);
+        }
     }
 
     pub(crate) fn spend_book(&self) -> Option<&Arc<SpendBook>> {
@@ -432,13 +744,36 @@ impl SqliteStore {
     }
 }
 
+/// Applies `migrations[current..]`, each in its own transaction that also records its number
+/// with `record`.
+fn apply_migrations(
+    conn: &Conn,
+    migrations: &[&str],
+    current: i64,
+    record: impl Fn(&Conn, i64) -> Result<(), crate::db::DbError>,
+) -> Result<(), StoreError> {
+    let target = migrations.len() as i64;
+    if current > target {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {current} is newer than this tollgate knows ({target}); upgrade tollgate"
+        )));
+    }
+    for (i, sql) in migrations.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction(Behavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        record(&tx, (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
-impl Health for SqliteStore {
+impl Health for SqlStore {
     async fn check_writable(&self) -> Result<(), StoreError> {
         self.call(|conn| {
             conn.execute(
-                "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'probe'",
-                [],
+                "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'probe'",
+                params![],
             )?;
             Ok(())
         })
@@ -453,21 +788,6 @@ pub fn to_ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
 
 pub fn from_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
-}
-
-/// Opens a connection with the settings every connection must share.
-pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = FULL;
-         PRAGMA foreign_keys = ON;",
-    )?;
-    Ok(conn)
 }
 
 /// Creates `dir` (and parents) with mode 0700 if it does not exist.
@@ -491,25 +811,29 @@ mod tests {
     async fn creates_private_files_and_migrates_once() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let data = dir.path().join("data");
-        let store = SqliteStore::open(&data).unwrap_or_else(|e| panic!("{e}"));
+        let store = SqlStore::open(&data).unwrap_or_else(|e| panic!("{e}"));
         let mode = |p: &Path| {
             fs::metadata(p)
                 .map(|m| m.permissions().mode() & 0o777)
                 .unwrap_or(0)
         };
         assert_eq!(mode(&data), 0o700);
-        assert_eq!(mode(store.path()), 0o600);
+        assert_eq!(mode(store.path().unwrap()), 0o600);
         store
             .check_writable()
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         drop(store);
         // A second open finds the schema current and keeps the data.
-        let store = SqliteStore::open(&data).unwrap_or_else(|e| panic!("{e}"));
+        let store = SqlStore::open(&data).unwrap_or_else(|e| panic!("{e}"));
         let probe: String = store
-            .call(
-                |c| Ok(c.query_row("SELECT value FROM meta WHERE key='probe'", [], |r| r.get(0))?),
-            )
+            .call(|c| {
+                Ok(
+                    c.query_row("SELECT value FROM meta WHERE key='probe'", params![], |r| {
+                        r.get(0)
+                    })?,
+                )
+            })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(probe, "1");
@@ -518,14 +842,14 @@ mod tests {
     #[tokio::test]
     async fn refuses_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = SqliteStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let store = SqlStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         store
-            .call(|c| Ok(c.pragma_update(None, "user_version", 999)?))
+            .call(|c| Ok(c.execute_batch("PRAGMA user_version = 999")?))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         drop(store);
         assert!(matches!(
-            SqliteStore::open(dir.path()),
+            SqlStore::open(dir.path()),
             Err(StoreError::Corrupt(_))
         ));
     }

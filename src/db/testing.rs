@@ -1,0 +1,53 @@
+//! Databases for tests: a fresh SQLite file, or a fresh schema on the PostgreSQL server named
+//! by `TOLLGATE_TEST_DATABASE_URL` (CI sets it; without it PostgreSQL tests are skipped with a
+//! notice).
+
+use std::str::FromStr;
+
+use rand::Rng;
+
+/// The variable that names the PostgreSQL server for tests.
+pub const DATABASE_URL_VAR: &str = "TOLLGATE_TEST_DATABASE_URL";
+
+/// The server URL for PostgreSQL tests, or `None` (and a notice on stderr) when unset.
+pub fn postgres_url(test: &str) -> Option<String> {
+    match std::env::var(DATABASE_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipping the PostgreSQL part of `{test}`: {DATABASE_URL_VAR} is not set");
+            None
+        }
+    }
+}
+
+/// Creates an empty schema with a random name on `url`'s server and returns a URL whose
+/// connections use it (through `search_path`), and the schema's name (for [`drop_schema`]).
+pub fn fresh_schema(url: &str) -> Result<(String, String), String> {
+    let schema = format!("tg_test_{:016x}", rand::thread_rng().r#gen::<u64>());
+    let mut client = postgres::Config::from_str(url)
+        .map_err(|e| e.to_string())?
+        .connect(postgres::NoTls)
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .map_err(|e| e.to_string())?;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Ok((
+        format!("{url}{separator}options=-csearch_path%3D{schema}"),
+        schema,
+    ))
+}
+
+/// Drops a schema made by [`fresh_schema`] with everything in it.
+pub fn drop_schema(url: &str, schema: &str) {
+    let dropped = postgres::Config::from_str(url)
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.connect(postgres::NoTls).map_err(|e| e.to_string()))
+        .and_then(|mut c| {
+            c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = dropped {
+        eprintln!("could not drop test schema {schema}: {e}");
+    }
+}
