@@ -215,6 +215,25 @@ impl Conn {
         })
     }
 
+    /// Runs `f` holding the session-level lock `name` (PostgreSQL: an advisory lock of this
+    /// schema, so instances doing the same thing take turns; SQLite: nothing, the file's write
+    /// lock is enough).
+    pub fn with_session_lock<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce() -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let ConnInner::Postgres(c) = &self.0 else {
+            return f();
+        };
+        c.borrow_mut().session_lock(name)?;
+        let result = f();
+        let unlocked = c.borrow_mut().session_unlock(name);
+        let out = result?;
+        unlocked?;
+        Ok(out)
+    }
+
     /// Whether a transaction is open on this connection.
     pub fn in_transaction(&self) -> bool {
         match &self.0 {
@@ -340,7 +359,7 @@ impl Database {
                 Ok(Database::Sqlite(Arc::new(SqliteDatabase::new(path))))
             }
             StoreKind::Postgres { url, password, .. } => Ok(Database::Postgres(Arc::new(
-                PgDatabase::open(url, password.as_deref(), 2)?,
+                PgDatabase::open(url, password.as_deref(), 4)?,
             ))),
         }
     }

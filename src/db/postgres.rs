@@ -8,7 +8,9 @@
 //!
 //! Transactions are plain `BEGIN`/`COMMIT` at `READ COMMITTED`; the exclusive behaviours take a
 //! transaction-scoped advisory lock right after `BEGIN`, so they serialize across instances the
-//! way SQLite's single write lock serializes connections.
+//! way SQLite's single write lock serializes connections. Advisory locks are per database, so
+//! their keys are derived from the schema the connection works in: deployments in different
+//! schemas of one database do not wait for each other.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -23,12 +25,9 @@ use bytes::BytesMut;
 use super::{Behavior, Conn, ConnInner, DbError, Row, RowInner, ToValue, Value};
 
 /// The advisory lock of [`Behavior::Immediate`] transactions.
-const WRITE_LOCK: i64 = 0x746f_6c6c_0001;
+const WRITE_LOCK: &str = "write";
 /// The advisory lock of [`Behavior::Journal`] transactions.
-const JOURNAL_LOCK: i64 = 0x746f_6c6c_0002;
-/// The advisory lock held while migrating the schema, so instances starting together take
-/// turns.
-pub const MIGRATION_LOCK: i64 = 0x746f_6c6c_0003;
+const JOURNAL_LOCK: &str = "journal";
 
 /// Session settings of every connection: how long a statement waits for a lock, and at most
 /// runs.
@@ -49,9 +48,11 @@ pub struct Manager {
     config: Config,
 }
 
-/// One pooled connection and its statement cache.
+/// One pooled connection and its statement cache. The client is `None` only while dropping.
 pub struct PgConn {
-    client: Client,
+    client: Option<Client>,
+    /// The schema of this connection (`current_schema()`), which scopes its advisory locks.
+    schema: String,
     statements: HashMap<String, Statement>,
     in_transaction: bool,
 }
@@ -122,35 +123,49 @@ impl r2d2::ManageConnection for Manager {
         // Like SQLite's busy timeout: a lock held elsewhere fails the statement after a while
         // (the call is refused, 503) rather than hanging it.
         client.batch_execute(LOCK_WAIT)?;
+        let schema: Option<String> = client.query_one("SELECT current_schema()", &[])?.get(0);
         Ok(PgConn {
-            client,
+            client: Some(client),
+            schema: schema.unwrap_or_default(),
             statements: HashMap::new(),
             in_transaction: false,
         })
     }
 
     fn is_valid(&self, conn: &mut PgConn) -> Result<(), ::postgres::Error> {
-        conn.client.simple_query("").map(|_| ())
+        match conn.client.as_mut() {
+            Some(client) => client.simple_query("").map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {
         // A connection handed back inside a transaction (a panic mid-way) is not reused.
-        conn.client.is_closed() || conn.in_transaction
+        conn.is_closed() || conn.in_transaction
     }
 }
 
 // === impl PgConn ===
 
 impl PgConn {
+    fn client(&mut self) -> Result<&mut Client, DbError> {
+        self.client
+            .as_mut()
+            .ok_or_else(|| DbError::Unavailable("the PostgreSQL connection is closed".into()))
+    }
+
     pub(super) fn execute(&mut self, sql: &str, params: &[&dyn ToValue]) -> Result<usize, DbError> {
         let stmt = self.statement(sql)?;
         let values = values(params);
-        let n = self.client.execute(&stmt, &refs(&values)).map_err(error)?;
+        let n = self
+            .client()?
+            .execute(&stmt, &refs(&values))
+            .map_err(error)?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     pub(super) fn batch(&mut self, sql: &str) -> Result<(), DbError> {
-        self.client.batch_execute(sql).map_err(error)
+        self.client()?.batch_execute(sql).map_err(error)
     }
 
     pub(super) fn for_each<E: From<DbError>>(
@@ -162,7 +177,7 @@ impl PgConn {
         let stmt = self.statement(sql)?;
         let values = values(params);
         let mut rows = self
-            .client
+            .client()?
             .query_raw(&stmt, values.iter().map(|v| v as &dyn ToSql))
             .map_err(error)?;
         while let Some(row) = rows.next().map_err(error)? {
@@ -176,19 +191,50 @@ impl PgConn {
     pub(super) fn begin(&mut self, behavior: Behavior) -> Result<(), DbError> {
         let sql = match behavior {
             Behavior::Deferred => "BEGIN".to_owned(),
-            Behavior::Immediate => format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"),
-            Behavior::Journal => format!("BEGIN; SELECT pg_advisory_xact_lock({JOURNAL_LOCK})"),
+            Behavior::Immediate => format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({})",
+                self.lock_key(WRITE_LOCK)
+            ),
+            Behavior::Journal => format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({})",
+                self.lock_key(JOURNAL_LOCK)
+            ),
             Behavior::Snapshot => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_owned(),
         };
-        self.client.batch_execute(&sql).map_err(error)?;
+        self.client()?.batch_execute(&sql).map_err(error)?;
         self.in_transaction = true;
         Ok(())
     }
 
     pub(super) fn end(&mut self, sql: &str) -> Result<(), DbError> {
-        let result = self.client.batch_execute(sql).map_err(error);
+        let result = self
+            .client()
+            .and_then(|c| c.batch_execute(sql).map_err(error));
         self.in_transaction = false;
         result
+    }
+
+    /// Takes the session-level advisory lock `name` (waiting without a timeout), runs `f`,
+    /// releases it.
+    pub(super) fn session_lock(&mut self, name: &str) -> Result<(), DbError> {
+        let key = self.lock_key(name);
+        self.batch(&format!(
+            "SET lock_timeout = 0; SELECT pg_advisory_lock({key}); {LOCK_WAIT}"
+        ))
+    }
+
+    pub(super) fn session_unlock(&mut self, name: &str) -> Result<(), DbError> {
+        let key = self.lock_key(name);
+        self.batch(&format!("SELECT pg_advisory_unlock({key})"))
+    }
+
+    /// The advisory lock key of `name` in this connection's schema.
+    fn lock_key(&self, name: &str) -> i64 {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("tollgate\0{}\0{name}", self.schema));
+        let mut key = [0u8; 8];
+        key.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+        i64::from_be_bytes(key)
     }
 
     pub(super) fn in_transaction(&self) -> bool {
@@ -196,19 +242,31 @@ impl PgConn {
     }
 
     pub(super) fn is_closed(&self) -> bool {
-        self.client.is_closed()
+        self.client.as_ref().is_none_or(Client::is_closed)
     }
 
     fn statement(&mut self, sql: &str) -> Result<Statement, DbError> {
         if let Some(stmt) = self.statements.get(sql) {
             return Ok(stmt.clone());
         }
-        let stmt = self.client.prepare(&placeholders(sql)).map_err(error)?;
+        let stmt = self.client()?.prepare(&placeholders(sql)).map_err(error)?;
         if self.statements.len() >= STATEMENT_CACHE {
             self.statements.clear();
         }
         self.statements.insert(sql.to_owned(), stmt.clone());
         Ok(stmt)
+    }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // Closing a client blocks on its own runtime, which panics on a thread that drives a
+        // tokio runtime (a pool dropped with the app): close it on a thread of its own.
+        if let Some(client) = self.client.take() {
+            let _ = std::thread::Builder::new()
+                .name("tollgate-pg-close".into())
+                .spawn(move || drop(client));
+        }
     }
 }
 

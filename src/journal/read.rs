@@ -261,7 +261,7 @@ fn tier_base(
              WHERE payer_account_id = ?1 AND service = ?2 AND action = ?3
                AND ((billing_month = ?4 AND original_month IS NULL)
                     OR (original_month = ?4 AND billing_month < ?5))
-               AND CASE WHEN ?6 IS NULL THEN org_id IS NOT NULL
+               AND CASE WHEN CAST(?6 AS TEXT) IS NULL THEN org_id IS NOT NULL
                         ELSE org_id IS NULL AND account_id = ?6 END",
             params![
                 payer.as_str(),

@@ -637,10 +637,10 @@ impl SqlStore {
 
     fn migrate_postgres(&self) -> Result<(), StoreError> {
         let conn = self.inner.db.connect()?;
-        let lock = crate::db::postgres::MIGRATION_LOCK;
-        // Session-level: held across the migrations' own transactions, released below.
-        conn.execute_batch(&format!("SELECT pg_advisory_lock({lock})"))?;
-        let result = (|| {
+        // Held across the migrations' own transactions: instances starting together take turns,
+        // and the later ones find the schema current.
+        let mut outcome = Ok(());
+        conn.with_session_lock("migrate", || {
             conn.execute_batch(
                 "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)",
             )?;
@@ -648,7 +648,7 @@ impl SqlStore {
                 conn.query_row("SELECT MAX(version) FROM schema_version", params![], |r| {
                     r.get(0)
                 })?;
-            apply_migrations(
+            outcome = apply_migrations(
                 &conn,
                 POSTGRES_MIGRATIONS,
                 current.unwrap_or(0),
@@ -659,10 +659,10 @@ impl SqlStore {
                     )
                     .map(|_| ())
                 },
-            )
-        })();
-        conn.execute_batch(&format!("SELECT pg_advisory_unlock({lock})"))?;
-        result
+            );
+            Ok(())
+        })?;
+        outcome
     }
 
     /// Runs `f` with a connection on the blocking pool. If `f` changed any row (even in a

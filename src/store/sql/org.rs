@@ -407,7 +407,7 @@ impl OrgStore for SqlStore {
                     SELECT o.id, o.management_account_id, o.management_account_id, NULL,
                            o.created_at AS start, o.deleted_at AS until
                     FROM organizations o
-                    WHERE {management_cond})
+                    WHERE {management_cond}) AS periods
                  WHERE start < ?2 AND COALESCE(until, ?4) > ?3
                  ORDER BY start, 3"
             );

@@ -57,7 +57,7 @@ fn schema_url(data_dir: &Path) -> String {
     }
     let server = std::env::var(DATABASE_URL_VAR)
         .unwrap_or_else(|_| panic!("{STORE_VAR}=postgres needs {DATABASE_URL_VAR}"));
-    let (url, _schema) = fresh_schema(&server).expect("create a test schema");
+    let (url, _schema) = off_runtime(|| fresh_schema(&server)).expect("create a test schema");
     if let Some(parent) = record.parent() {
         std::fs::create_dir_all(parent).expect("mkdir");
     }

@@ -161,6 +161,13 @@ impl Builder {
     }
 
     pub async fn start(self) -> TestGateway {
+        // `TOLLGATE_TEST_LOG=debug` shows the gateways' logs (with --nocapture).
+        if let Ok(filter) = std::env::var("TOLLGATE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let mut config = Config::embedded_default().expect("shipped config is valid");
         let upstream: http::Uri = self.upstream.parse().expect("upstream url");
         for service in &mut config.services {
