@@ -67,7 +67,7 @@ fn per_request(p: &str) -> PriceConfig {
 }
 
 /// The first whole month after now, so every token issued after the jump is valid.
-fn future_month(now: DateTime<Utc>) -> BillingMonth {
+pub(crate) fn future_month(now: DateTime<Utc>) -> BillingMonth {
     let mut month = BillingMonth::containing(now).unwrap();
     while month.start() <= now {
         month = month.next().unwrap();
@@ -75,19 +75,19 @@ fn future_month(now: DateTime<Utc>) -> BillingMonth {
     month
 }
 
-fn at(month: BillingMonth, day: u32, hour: u32) -> DateTime<Utc> {
+pub(crate) fn at(month: BillingMonth, day: u32, hour: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(month.year(), month.month(), day, hour, 0, 0)
         .unwrap()
 }
 
-fn id(account: &Account) -> AccountId {
+pub(crate) fn id(account: &Account) -> AccountId {
     AccountId::parse(&account.id).unwrap()
 }
 
 /// Test prices: PutObject $1.00 for the first 10 requests then $0.50 (SPEC M3's example, scaled:
 /// 8 + 4 requests give the same $11.00 = $7.33 + $3.67); GetObject AWS's $174.08 per unit for
 /// the first 10 then $133.12; ListObjects $1.00 per request; nothing per GB.
-fn test_prices(c: &mut Config) {
+pub(crate) fn test_prices(c: &mut Config) {
     price(c, "storage:PutObject", tiers(10, "1.00", "0.50"));
     price(c, "storage:GetObject", tiers(10, "174.08", "133.12"));
     price(c, "storage:ListObjects", per_request("1.00"));
@@ -140,14 +140,14 @@ async fn join(gw: &TestGateway, payer: &Account, member: &Account) {
         .expect("accept");
 }
 
-async fn calls(account: &Account, method: Method, path: &str, n: usize) {
+pub(crate) async fn calls(account: &Account, method: Method, path: &str, n: usize) {
     for _ in 0..n {
         let r = account.client.send(method.clone(), path, &[], "").await;
         assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
     }
 }
 
-async fn bill(account: &Account, month: BillingMonth, query: &str) -> Value {
+pub(crate) async fn bill(account: &Account, month: BillingMonth, query: &str) -> Value {
     let r = account
         .client
         .get(&format!("/billing/bills/{month}{query}"))
@@ -158,7 +158,7 @@ async fn bill(account: &Account, month: BillingMonth, query: &str) -> Value {
 
 /// `(unit, quantity, amount)` of an account's request lines of `action` on a bill's JSON
 /// (response bytes of unpriced routes also show, as `GB-out` lines of $0.00).
-fn lines(bill: &Value, account: &str, action: &str) -> Vec<(String, String, String)> {
+pub(crate) fn lines(bill: &Value, account: &str, action: &str) -> Vec<(String, String, String)> {
     all_lines(bill, account, action)
         .into_iter()
         .filter(|l| l.0 == "requests")
@@ -181,7 +181,7 @@ fn all_lines(bill: &Value, account: &str, action: &str) -> Vec<(String, String, 
         .collect()
 }
 
-fn requests(quantity: &str, amount: &str) -> Vec<(String, String, String)> {
+pub(crate) fn requests(quantity: &str, amount: &str) -> Vec<(String, String, String)> {
     vec![("requests".into(), quantity.into(), amount.into())]
 }
 

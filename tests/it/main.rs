@@ -14,6 +14,7 @@ mod caching;
 mod config_errors;
 mod decisions;
 mod demo;
+mod fleet;
 mod forwarding;
 mod groups;
 mod hardening;

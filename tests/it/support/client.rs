@@ -41,6 +41,14 @@ impl Client {
         }
     }
 
+    /// The same client (and token) sending to another gateway at `base`.
+    pub fn rebase(&self, base: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            ..self.clone()
+        }
+    }
+
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
     }
