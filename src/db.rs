@@ -114,7 +114,7 @@ pub struct Conn(ConnInner);
 
 enum ConnInner {
     Sqlite(rusqlite::Connection),
-    Postgres(std::cell::RefCell<postgres::Pooled>),
+    Postgres(Box<std::cell::RefCell<postgres::Pooled>>),
 }
 
 /// A transaction on a [`Conn`]; it derefs to the connection, so every query method works on

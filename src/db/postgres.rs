@@ -86,7 +86,9 @@ impl PgDatabase {
         let pooled = self.pool.get().map_err(|e| {
             DbError::Unavailable(format!("cannot reach PostgreSQL at {}: {e}", self.describe))
         })?;
-        Ok(Conn(ConnInner::Postgres(std::cell::RefCell::new(pooled))))
+        Ok(Conn(ConnInner::Postgres(Box::new(
+            std::cell::RefCell::new(pooled),
+        ))))
     }
 
     /// `user@host:port/database`, without the password.
