@@ -6,11 +6,15 @@
 #   wrk -> nginx proxy_pass -> upstream    (the reference proxy, upstream keepalive)
 #   wrk -> tollgate /svc/storage/... -> upstream  (full pipeline: token, principal, Cedar,
 #                                           decision log, ledger record durable, forward)
+#   wrk -> tollgate-pg (the same, stored on PostgreSQL: a fleet's store, SPEC O3)
 #
 # Usage: scripts/bench.sh [ROUNDS] [SECONDS]      (default 3 rounds of 10 s per target)
 # Env:   BENCH_LOGIN_FLOOD=0 skips the login-flood round; BENCH_KEEP=1 keeps the temp dir;
 #        TOLLGATE_BIN=path measures that binary instead of building this tree's.
 #        CARGO_TARGET_DIR is honoured (default: target/).
+#        BENCH_PG_URL names the PostgreSQL server for tollgate-pg (default the local one,
+#        postgres://postgres@127.0.0.1:5432/test; a database of its own is created and dropped);
+#        BENCH_PG=0 skips it.
 #
 # Rounds alternate the targets (direct, nginx, tollgate, direct, ...) so a neighbour's
 # compile hurts them all alike; the report gives medians. Gateway CPU per request comes from
@@ -23,6 +27,9 @@ CONNS=${BENCH_CONNS:-32}
 UP_PORT=18081
 NGINX_PORT=18082
 GW_PORT=18080
+PG_PORT=18083
+PG_URL=${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432/test}
+PG_DB=tollgate_bench_$$
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
@@ -50,6 +57,9 @@ cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
     wait 2>/dev/null || true
+    if [ "${WITH_PG:-0}" = 1 ]; then
+        psql -q "$PG_URL" -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
+    fi
     if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -142,6 +152,30 @@ SVC_PATH=/svc/storage/objects/bench
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GW_PORT$SVC_PATH")
 [ "$code" = 200 ] || { echo "tollgate answered $code on $SVC_PATH" >&2; cat "$WORK/tollgate.log" >&2; exit 1; }
 
+# --- the same gateway on PostgreSQL (a fleet's store), in a database of its own ------------
+WITH_PG=0
+if [ "${BENCH_PG:-1}" = 1 ] && need psql && psql -q "$PG_URL" -c "CREATE DATABASE $PG_DB" >/dev/null 2>&1; then
+    WITH_PG=1
+    sed -e "s|^listen = .*|listen = \"127.0.0.1:$PG_PORT\"|" \
+        -e "s|^kind = \"sqlite\"|kind = \"postgres\"\nurl = \"${PG_URL%/*}/$PG_DB\"|" \
+        -e "s|^data_dir = .*|data_dir = \"$WORK/data-pg\"|" \
+        "$WORK/tollgate.toml" >"$WORK/tollgate-pg.toml"
+    TOLLGATE_LOG=warn "$TOLLGATE" serve --config "$WORK/tollgate-pg.toml" >"$WORK/tollgate-pg.log" 2>&1 &
+    PG_PID=$!
+    PIDS+=($PG_PID)
+    wait_http "http://127.0.0.1:$PG_PORT/healthz"
+    PG_ACCOUNT=$(curl -fsS -X POST -H 'content-type: application/json' \
+        -d "{\"name\":\"bench\",\"email\":\"bench@example.com\",\"owner_user\":\"owner\",\"owner_password\":\"$PASSWORD\"}" \
+        "http://127.0.0.1:$PG_PORT/accounts" | json_field account_id)
+    TOKEN_PG=$(curl -fsS -X POST -H 'content-type: application/json' \
+        -d "{\"account_id\":\"$PG_ACCOUNT\",\"user\":\"owner\",\"password\":\"$PASSWORD\"}" \
+        "http://127.0.0.1:$PG_PORT/auth/login" | json_field token)
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN_PG" "http://127.0.0.1:$PG_PORT$SVC_PATH")
+    [ "$code" = 200 ] || { echo "tollgate-pg answered $code on $SVC_PATH" >&2; cat "$WORK/tollgate-pg.log" >&2; exit 1; }
+else
+    echo "# tollgate-pg skipped (BENCH_PG=0, no psql, or no PostgreSQL at $PG_URL)" >&2
+fi
+
 # --- helpers ------------------------------------------------------------------------------
 cat >"$WORK/paced.lua" <<'EOF'
 -- Each connection waits PACE_MS after every response: a fixed, moderate offered rate.
@@ -195,6 +229,7 @@ col() { awk -v n="$1" -v c="$2" '$1 == n {print $c}' "$RESULTS" | median; }
 DIRECT=http://127.0.0.1:$UP_PORT/objects/bench
 VIA_NGINX=http://127.0.0.1:$NGINX_PORT/objects/bench
 VIA_GW=http://127.0.0.1:$GW_PORT$SVC_PATH
+VIA_PG=http://127.0.0.1:$PG_PORT$SVC_PATH
 
 echo "# max rate: $ROUNDS alternating rounds of ${SECS}s, wrk -t1 -c$CONNS" >&2
 echo "# name req/s p50us p99us proxyCPUus/req non2xx" >&2
@@ -207,6 +242,9 @@ for r in $(seq 1 "$ROUNDS"); do
     metrics | grep '^tollgate_ledger_write_duration_seconds_bucket' >>"$WORK/ledger_before.txt"
     run_wrk tollgate "$VIA_GW" "$GW_PID"
     metrics | grep '^tollgate_ledger_write_duration_seconds_bucket' >>"$WORK/ledger_after.txt"
+    if [ "$WITH_PG" = 1 ]; then
+        TOKEN=$TOKEN_PG run_wrk tollgate-pg "$VIA_PG" "$PG_PID $(pgrep -d' ' -x postgres || true)"
+    fi
 done
 # Ledger ack p99 during the max-rate tollgate rounds: the histogram's delta over those rounds,
 # read as the upper bound of the bucket holding the 99th percentile (buckets double: coarse).
@@ -259,7 +297,7 @@ done | awk -v hz="$HZ" '{u[$1] += $2; s[$1] += $3} END { for (n in u) printf "%s
     echo
     echo "| target | req/s | x nginx | p50 us | p99 us | proxy CPU us/req | non-2xx |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
-    for n in direct nginx tollgate paced-nginx paced-tollgate flood-tollgate; do
+    for n in direct nginx tollgate tollgate-pg paced-nginx paced-tollgate flood-tollgate; do
         grep -q "^$n " "$RESULTS" || continue
         rps=$(col "$n" 2)
         printf "| %s | %.0f | %.2f | %s | %s | %s | %s |\n" "$n" "$rps" \

@@ -77,6 +77,17 @@ fn o3_the_whole_suite_passes_on_postgresql() {
         output.status.success(),
         "the suite failed on PostgreSQL ({url}):\n{stdout}\n{stderr}"
     );
+    let passed: usize = summary
+        .split_whitespace()
+        .zip(summary.split_whitespace().skip(1))
+        .filter(|(_, word)| *word == "passed;")
+        .filter_map(|(n, _)| n.parse::<usize>().ok())
+        .sum();
+    let filtered = std::env::args().skip(1).any(|a| !a.starts_with("--"));
+    assert!(
+        filtered || passed >= 100,
+        "the PostgreSQL run passed only {passed} tests: {summary}"
+    );
 }
 
 /// `url` with its database name replaced by `database`.
