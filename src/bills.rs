@@ -7,8 +7,8 @@
 //! a FINAL bill still computes to its seal. It must not know HTTP (the API and the CLI render
 //! what it returns) and it does no money arithmetic of its own (`billing::compute_bill` does).
 //!
-//! Reads go through a fresh read-only connection per bill (SQLite WAL: a consistent snapshot
-//! while the gateway writes), on the blocking pool, so the CLI can run next to a live gateway.
+//! Reads go through a fresh read connection per bill, in one snapshot transaction (SQLite WAL,
+//! PostgreSQL `REPEATABLE READ`: a consistent view while gateways write), on the blocking pool, so the CLI can run next to a live gateway.
 
 use std::collections::{BTreeMap, BTreeSet};
 

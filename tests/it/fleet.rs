@@ -269,3 +269,45 @@ async fn o3_p1_each_instance_reports_its_active_policy_version() {
     let r = Client::new(&c.url()).get("/readyz").await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn o3_a_gateway_whose_database_is_unreachable_does_not_start_and_says_where() {
+    // Runs on either backend: it needs no server, only a port where none listens.
+    let port = crate::support::upstream::closed_port().await;
+    let port = port.rsplit(':').next().expect("port").to_owned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tollgate.toml"),
+    )
+    .expect("config");
+    let config = shipped
+        .replacen(
+            "kind = \"sqlite\"",
+            &format!("kind = \"postgres\"\nurl = \"postgres://tollgate@127.0.0.1:{port}/fleet\""),
+            1,
+        )
+        .replacen(
+            "data_dir = \"data\"",
+            &format!(
+                "data_dir = {:?}",
+                dir.path().join("data").display().to_string()
+            ),
+            1,
+        )
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"");
+    let path = dir.path().join("tollgate.toml");
+    std::fs::write(&path, config).expect("write config");
+    let output = tokio::process::Command::new(crate::support::binary())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .expect("run tollgate");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "it must not serve: {stderr}");
+    assert!(
+        stderr.contains(&format!("postgres://tollgate@127.0.0.1:{port}/fleet"))
+            && stderr.contains("cannot reach PostgreSQL"),
+        "the error names the database and the problem: {stderr}"
+    );
+}

@@ -1,4 +1,4 @@
-//! `AccountStore` on SQLite. Each method is one transaction on the blocking pool.
+//! `AccountStore` on SQL (either database). Each method is one transaction on the blocking pool.
 
 use crate::db::{Behavior, Conn, DbError, OptionalExtension, Row, Tx, params};
 use chrono::{DateTime, Utc};

@@ -1,5 +1,5 @@
-//! `ServiceStore` on SQLite (schema: the services migration). Each method is one transaction on
-//! the blocking pool; changes take `BEGIN IMMEDIATE` so two racing sign-ups or plan changes of
+//! `ServiceStore` on SQL (schema: the services migration). Each method is one transaction on
+//! the blocking pool; changes take the write lock (`Behavior::Immediate`) so two racing sign-ups or plan changes of
 //! one account serialise instead of both reading "nothing open". Partial unique indexes keep at
 //! most one open sign-up and one open plan per (account, service) whatever happens.
 
