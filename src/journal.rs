@@ -33,6 +33,7 @@
 //! [`Journal::mark_final`] goes through the writer, so "final" and "booked" are exactly ordered,
 //! and it refuses to seal a month that gained records after the bill was computed.
 
+mod checkpoint;
 mod decisions;
 mod entry;
 mod ledger;

@@ -329,6 +329,43 @@ async fn an_enqueued_decision_is_durable_when_the_following_append_is_acknowledg
 }
 
 #[tokio::test]
+async fn wal_checkpoints_run_in_the_background_not_on_commit() {
+    let f = fixture();
+    let Database::Sqlite(sqlite) = &f.db else {
+        panic!("the journal tests run on SQLite");
+    };
+    let file = sqlite.path().to_owned();
+    let (journal, task) = open(&f, options());
+    // Far fewer pages than SQLite's automatic checkpoint (1000): without the background
+    // checkpointer the records would stay in the WAL and the database file would not grow.
+    let before = std::fs::metadata(&file).unwrap().len();
+    for _ in 0..20 {
+        journal.append(ledger_entry(A)).await.unwrap();
+    }
+    let autocheckpoint: i64 = journal
+        .with_writer_connection(|c| {
+            c.query_row("PRAGMA wal_autocheckpoint", params![], |r| r.get(0))
+                .unwrap()
+        })
+        .await;
+    assert_eq!(
+        autocheckpoint, 0,
+        "the writer does not checkpoint on commit"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&file).unwrap().len() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint copied the WAL into the database file"
+        );
+        tokio::time::sleep(checkpoint::INTERVAL).await;
+    }
+    journal.shutdown().await.unwrap();
+    task.wait().await;
+    assert_eq!(verify_ledger(&f.db).unwrap().records, 20);
+}
+
+#[tokio::test]
 async fn a_full_queue_is_unavailable_not_a_wait() {
     let f = fixture();
     let (journal, _task) = open(

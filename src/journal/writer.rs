@@ -65,6 +65,8 @@ pub(super) struct MarkFinal {
 pub(super) struct WriterState {
     db: Database,
     conn: Conn,
+    /// SQLite: runs WAL checkpoints off the commit path; stops with the writer.
+    _checkpointer: Option<super::checkpoint::Checkpointer>,
     clock: SharedClock,
     options: JournalOptions,
     ledger: ChainPosition,
@@ -112,8 +114,10 @@ impl WriterState {
         let ledger = ledger::head(&conn)?;
         let decisions = decisions::head(&conn)?;
         let finals = load_finals(&conn)?;
+        let checkpointer = super::checkpoint::Checkpointer::start(db, &conn);
         Ok(Self {
             db: db.clone(),
+            _checkpointer: checkpointer,
             conn,
             clock,
             options,
@@ -215,6 +219,8 @@ impl WriterState {
     /// Replaces a connection the server closed (PostgreSQL restarted, network cut).
     fn reconnect_if_broken(&mut self) -> Result<(), String> {
         if self.conn.is_broken() {
+            // PostgreSQL only: a SQLite connection does not break, so the checkpointer's
+            // setting on it stays.
             self.conn = self.db.connect().map_err(|e| e.to_string())?;
             tracing::info!("journal writer reconnected to {}", self.db.describe());
         }
