@@ -328,6 +328,56 @@ async fn an_enqueued_decision_is_durable_when_the_following_append_is_acknowledg
     }
 }
 
+fn transfer_entry(account: &str) -> TransferEntry {
+    TransferEntry {
+        record_id: RecordId::generate(),
+        call_record_id: RecordId::generate(),
+        event_time: at(2026, 3, 15),
+        call: call(account, account, false),
+        bytes_in: 0,
+        bytes_out: 1 << 20,
+        charge: Charge::at_price(&price(), 0, 0, 1 << 20).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn an_unawaited_entry_shares_the_commit_of_the_next_awaited_one() {
+    let f = fixture();
+    let (journal, task) = open(
+        &f,
+        JournalOptions {
+            linger: Duration::from_millis(500),
+            ..options()
+        },
+    );
+    journal.append(ledger_entry(A)).await.unwrap();
+    let before = journal.stats().batches;
+    journal.enqueue(transfer_entry(A)).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let receipt = journal.append(ledger_entry(A)).await.unwrap();
+    assert_eq!(receipt.seq, 3, "the transfer went first (FIFO)");
+    assert_eq!(
+        journal.stats().batches,
+        before + 1,
+        "the transfer waited and rode along with the call"
+    );
+
+    // Alone, it is committed when the linger runs out: never dropped, never stuck.
+    journal.enqueue(transfer_entry(A)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count(&f.db, "ledger") < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lone transfer was never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(journal.stats().batches, before + 2);
+    journal.shutdown().await.unwrap();
+    task.wait().await;
+    assert_eq!(verify_ledger(&f.db).unwrap().records, 4);
+}
+
 #[tokio::test]
 async fn wal_checkpoints_run_in_the_background_not_on_commit() {
     let f = fixture();

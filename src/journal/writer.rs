@@ -274,12 +274,10 @@ pub(super) fn run(mut state: WriterState, rx: Receiver<Command>, shared: &Shared
             Command::Write(w) => batch.push(w),
             other => tail = Some(other),
         }
-        while tail.is_none() && batch.len() < state.options.max_batch.max(1) {
-            match rx.try_recv() {
-                Ok(Command::Write(w)) => batch.push(w),
-                Ok(other) => tail = Some(other),
-                Err(_) => break,
-            }
+        let max = state.options.max_batch.max(1);
+        collect_queued(&rx, &mut batch, &mut tail, max);
+        if tail.is_none() && !batch.is_empty() && batch.iter().all(|w| w.ack.is_none()) {
+            linger(&rx, &mut batch, &mut tail, max, state.options.linger);
         }
         let (final_cmd, after) = match tail {
             Some(Command::MarkFinal(m)) => (Some(m), None),
@@ -304,6 +302,47 @@ pub(super) fn run(mut state: WriterState, rx: Receiver<Command>, shared: &Shared
     }
     // Anything still queued was sent after shutdown began; dropping it fails its waiters.
     shared.closed.store(true, Ordering::Release);
+}
+
+/// Adds whatever is queued to `batch`, up to `max` writes or a command that must come after
+/// them (so FIFO order holds for every kind of command).
+fn collect_queued(
+    rx: &Receiver<Command>,
+    batch: &mut Vec<Write>,
+    tail: &mut Option<Command>,
+    max: usize,
+) {
+    while tail.is_none() && batch.len() < max {
+        match rx.try_recv() {
+            Ok(Command::Write(w)) => batch.push(w),
+            Ok(other) => *tail = Some(other),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Waits up to `linger` for a write that somebody awaits to join a batch nobody awaits (module
+/// docs of `journal`), then takes whatever else is queued.
+fn linger(
+    rx: &Receiver<Command>,
+    batch: &mut Vec<Write>,
+    tail: &mut Option<Command>,
+    max: usize,
+    linger: std::time::Duration,
+) {
+    let deadline = Instant::now() + linger;
+    while tail.is_none() && batch.len() < max && batch.iter().all(|w| w.ack.is_none()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match rx.recv_timeout(left) {
+            Ok(Command::Write(w)) => batch.push(w),
+            Ok(other) => *tail = Some(other),
+            Err(_) => return,
+        }
+    }
+    collect_queued(rx, batch, tail, max);
 }
 
 /// Writes one batch; `Err` carries the reason (the transaction rolled back on drop). On a
