@@ -11,6 +11,9 @@
 //!
 //! `--after N` first loads (and drops) an N-account tree, as the criterion group does before its
 //! 10,000-account case: what the heap looks like when the timed decisions run matters.
+//! `--load-thread` loads the tree on another thread, as the gateway does (it loads on the main
+//! thread or a reload thread and decides on runtime workers): with glibc's malloc each thread
+//! allocates from its own arena, so the loader's leftovers are not where decisions allocate.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -44,8 +47,11 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mut numbers = Vec::new();
     let mut after = None;
+    let mut load_thread = false;
     while let Some(arg) = args.next() {
-        if arg == "--after" {
+        if arg == "--load-thread" {
+            load_thread = true;
+        } else if arg == "--after" {
             after = args.next().and_then(|n| n.parse::<usize>().ok());
         } else {
             numbers.push(
@@ -56,12 +62,18 @@ fn main() {
     }
     let (accounts, decisions) = match numbers.as_slice() {
         [a, d] => (*a, *d),
-        _ => panic!("usage: decision_count [--after N] ACCOUNTS DECISIONS"),
+        _ => panic!("usage: decision_count [--after N] [--load-thread] ACCOUNTS DECISIONS"),
     };
     if let Some(n) = after {
         drop(load(n));
     }
-    let snapshot = load(accounts);
+    let snapshot = if load_thread {
+        std::thread::spawn(move || load(accounts))
+            .join()
+            .unwrap_or_else(|_| panic!("load panicked"))
+    } else {
+        load(accounts)
+    };
     let request = support::decision_request(&support::account_id(5));
     // Warm up (first-touch allocations, lazy statics) outside the measured count.
     assert_eq!(run(&snapshot, &request, 10), 10);
