@@ -283,11 +283,6 @@ impl Tx<'_> {
         self.open.set(false);
         self.conn.end("COMMIT")
     }
-
-    pub fn rollback(self) -> Result<(), DbError> {
-        self.open.set(false);
-        self.conn.end("ROLLBACK")
-    }
 }
 
 impl Deref for Tx<'_> {
@@ -319,17 +314,6 @@ impl Row<'_> {
             RowInner::Sqlite(r) => sqlite::value(r, idx),
             RowInner::Postgres(r) => postgres::value(r, idx),
         }
-    }
-
-    pub fn len(&self) -> usize {
-        match &self.0 {
-            RowInner::Sqlite(r) => r.as_ref().column_count(),
-            RowInner::Postgres(r) => r.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -739,11 +739,9 @@ async fn o1_m7_bill_and_ledger_verify_commands_on_a_live_store_and_a_tampered_ro
     );
 
     // Altering one stored amount is found, by seq.
-    let changed = support::backend::with_db(gw.database(), |db| {
-        db.execute("UPDATE ledger SET amount = '0' WHERE seq = 2", params![])
-            .unwrap()
-    })
-    .await;
+    let changed = support::backend::TestDb(gw.database())
+        .execute("UPDATE ledger SET amount = '0' WHERE seq = 2", params![])
+        .unwrap();
     assert_eq!(changed, 1);
     let (code, out, err) = tollgate(&["ledger", "verify"], &config);
     assert_eq!(code, 1, "{out}{err}");
@@ -790,15 +788,13 @@ async fn m2_calls_are_refused_while_the_ledger_cannot_be_written_and_served_agai
     }
     assert!(recovered, "ready again once the store takes writes");
     calls(&a, Method::GET, "/svc/storage/objects", 1).await;
-    let calls_recorded: i64 = support::backend::with_db(gw.database(), |db| {
-        db.query_row(
+    let calls_recorded: i64 = support::backend::TestDb(gw.database())
+        .query_row(
             "SELECT COUNT(*) FROM ledger WHERE kind = 'call'",
             params![],
             |r| r.get(0),
         )
-        .unwrap()
-    })
-    .await;
+        .unwrap();
     assert_eq!(calls_recorded, 2, "the refused call left no record");
 }
 
@@ -912,22 +908,19 @@ async fn m2_m7_sigkill_mid_traffic_loses_no_served_call_and_both_chains_verify()
     let _ = gw.child.wait();
 
     let db = support::backend::database(&data);
-    let count = |sql: &'static str| {
-        support::backend::with_db(db.clone(), move |conn| {
-            conn.query_map(sql, params![], |r| Ok((r.get(0)?, r.get(1)?)))
-                .unwrap()
-                .into_iter()
-                .collect::<BTreeMap<String, i64>>()
-        })
+    let count = |sql: &str| -> BTreeMap<String, i64> {
+        support::backend::TestDb(db.clone())
+            .query_map(sql, params![], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .into_iter()
+            .collect()
     };
     let call_records = count(
         "SELECT request_id, COUNT(*) FROM ledger WHERE kind = 'call' AND request_id LIKE 'crash-%' GROUP BY request_id",
-    )
-    .await;
+    );
     let decision_records = count(
         "SELECT request_id, COUNT(*) FROM decisions WHERE kind = 'service' AND request_id LIKE 'crash-%' GROUP BY request_id",
-    )
-    .await;
+    );
     let unique: HashSet<&String> = served.iter().collect();
     assert_eq!(unique.len(), served.len(), "request ids are unique");
     for rid in &served {

@@ -77,16 +77,6 @@ pub fn database(data_dir: &Path) -> Database {
     }
 }
 
-/// Runs `f` on a connection to `db` on the blocking pool (database calls block).
-pub async fn with_db<T: Send + 'static>(
-    db: Database,
-    f: impl FnOnce(&Conn) -> T + Send + 'static,
-) -> T {
-    tokio::task::spawn_blocking(move || f(&db.connect().expect("connect to the test database")))
-        .await
-        .expect("database task")
-}
-
 /// Another session holding the journal tables' write lock until dropped: SQLite `BEGIN
 /// EXCLUSIVE`, PostgreSQL `LOCK TABLE ... IN EXCLUSIVE MODE` (readers still read).
 pub struct WriteLock {
