@@ -1811,7 +1811,10 @@ async fn o3_the_gateway_serves_without_root() {
     let home = dir.path().join("home");
     std::fs::create_dir(&home).expect("mkdir");
     let data = home.join("data");
-    let config = process::write_config(&home, &data, &process::policies(), &upstream.url());
+    // Its own copy of the policies: the checkout may sit in a directory `nobody` cannot enter.
+    let policies = home.join("policies");
+    crate::support::gateway::copy_tree(&process::policies(), &policies);
+    let config = process::write_config(&home, &data, &policies, &upstream.url());
     std::os::unix::fs::chown(&home, Some(uid), Some(gid)).expect("chown");
     std::os::unix::fs::chown(&config, Some(uid), Some(gid)).expect("chown");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");

@@ -227,22 +227,24 @@ pub fn shipped_policies() -> PathBuf {
 
 /// A private copy of the shipped policy tree that a test may edit; returns (guard, dir).
 pub fn copy_policies() -> (tempfile::TempDir, PathBuf) {
-    fn copy(from: &std::path::Path, to: &std::path::Path) {
-        std::fs::create_dir_all(to).expect("mkdir");
-        for entry in std::fs::read_dir(from).expect("read policies") {
-            let entry = entry.expect("entry");
-            let target = to.join(entry.file_name());
-            if entry.file_type().expect("type").is_dir() {
-                copy(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), &target).expect("copy");
-            }
-        }
-    }
     let temp = tempfile::tempdir().expect("tempdir");
     let dir = temp.path().join("policies");
-    copy(&shipped_policies(), &dir);
+    copy_tree(&shipped_policies(), &dir);
     (temp, dir)
+}
+
+/// Copies the directory tree `from` to `to` (created).
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
 }
 
 /// The current TOTP code of `secret` at `unix` seconds, from the real `oathtool`.
