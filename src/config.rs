@@ -105,6 +105,11 @@ pub struct ServiceConfig {
     pub upstream: http::Uri,
     pub timeout: Duration,
     pub signup_required: bool,
+    /// `;` path parameters are forwarded rather than refused (F1); off by default.
+    pub allow_path_params: bool,
+    /// Routing and Cedar see the path with ASCII letters folded to lower case; the upstream
+    /// still gets the canonical path as sent (F1). Off by default.
+    pub case_insensitive_paths: bool,
     pub routes: Vec<RouteConfig>,
     pub plans: Vec<PlanConfig>,
 }
@@ -511,6 +516,8 @@ fn service(key: &str, s: RawService, p: &mut Problems) -> ServiceConfig {
         upstream,
         timeout,
         signup_required: s.signup_required.unwrap_or(false),
+        allow_path_params: s.allow_path_params.unwrap_or(false),
+        case_insensitive_paths: s.case_insensitive_paths.unwrap_or(false),
         routes,
         plans,
     }

@@ -85,6 +85,8 @@ pub struct RawService {
     pub upstream: Option<String>,
     pub timeout: Option<String>,
     pub signup_required: Option<bool>,
+    pub allow_path_params: Option<bool>,
+    pub case_insensitive_paths: Option<bool>,
     pub routes: Vec<RawRoute>,
     pub plans: Vec<RawPlan>,
 }

@@ -150,12 +150,12 @@ async fn f2_hop_by_hop_authorization_and_spoofed_headers_are_removed() {
     assert_ne!(h("x-tollgate-account").as_deref(), Some("999999999999"));
     assert_ne!(h("x-tollgate-identity").as_deref(), Some("forged"));
     assert_eq!(h("accept").as_deref(), Some("application/json"));
-    assert_eq!(
+    assert_ne!(
         h("x-request-id").as_deref(),
         Some("client-chosen-id.1"),
-        "well-formed ids are kept"
+        "an untrusted client's id is replaced (f2_a_client_request_id_is_recorded_...)"
     );
-    assert_eq!(r.header("x-request-id"), Some("client-chosen-id.1"));
+    assert_eq!(h("x-request-id").as_deref(), r.header("x-request-id"));
     // The upstream's own hop-by-hop headers do not reach the client.
     assert_eq!(r.header("x-upstream-hop"), None);
 }
@@ -362,4 +362,475 @@ async fn o1_shutdown_drains_in_flight_calls() {
         .expect("drain finishes");
     let refused = tokio::net::TcpStream::connect(gw.addr).await;
     assert!(refused.is_err(), "no new connections after shutdown");
+}
+
+/// A gateway whose `acme` account has `forbid ... when { context.path like "/objects/secret/*" }`,
+/// with `tweak` applied to the `storage` service first.
+async fn secret_policy_gateway(
+    tweak: impl FnOnce(&mut tollgate::config::ServiceConfig) + 'static,
+) -> (TestGateway, Upstream, Account, tempfile::TempDir) {
+    let upstream = Upstream::start().await;
+    let (guard, policies) = crate::support::gateway::copy_policies();
+    let gw = TestGateway::builder(&upstream.url())
+        .policies_dir(policies.clone())
+        .tweak(move |c| {
+            if let Some(s) = c.services.iter_mut().find(|s| s.name == "storage") {
+                tweak(s);
+            }
+        })
+        .start()
+        .await;
+    let acme = gw.account("acme").await;
+    crate::support::org::write(
+        &policies,
+        &format!("accounts/{}/secret.cedar", acme.id),
+        "@id(\"no-secrets\")\nforbid (principal, action, resource)\nwhen { context.path like \"/objects/secret/*\" };\n",
+    );
+    let store = gw.app.policies.clone();
+    tokio::task::spawn_blocking(move || {
+        store
+            .reload(tollgate::authz::ReloadTrigger::Signal)
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"))
+    })
+    .await
+    .expect("reload task")
+    .expect("the policy loads");
+    (gw, upstream, acme, guard)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f1_encoded_unreserved_characters_and_path_parameters_cannot_bypass_a_path_policy() {
+    let (_gw, upstream, acme, _guard) = secret_policy_gateway(|_| {}).await;
+    let r = acme.client.get("/svc/storage/objects/secret/x").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    let r = acme.client.get("/svc/storage/objects/%73ecret/x").await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "`%73` is `s`: Cedar must see `/objects/secret/x`: {}",
+        r.text()
+    );
+    let r = acme.client.get("/svc/storage/objects/secret;x/y").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(r.error_code(), "InvalidPath");
+    assert_eq!(upstream.count(), 0, "nothing reached the upstream");
+    // Canonical form: unreserved characters decoded, other escapes kept with upper-case hex.
+    let r = acme
+        .client
+        .get("/svc/storage/objects/%7e%41b%5F-%2d/caf%c3%a9%3b%20?q=%2e")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        upstream.last().uri,
+        "/objects/~Ab_--/caf%C3%A9%3B%20?q=%2e",
+        "the query is forwarded as sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f1_path_parameters_pass_only_where_the_service_allows_them() {
+    let (_gw, upstream, acme, _guard) =
+        secret_policy_gateway(|s| s.allow_path_params = true).await;
+    let r = acme.client.get("/svc/storage/objects/a;v=1/b").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(upstream.last().uri, "/objects/a;v=1/b");
+    // Still no dot segments hiding behind a parameter.
+    let r = acme.client.get("/svc/storage/objects/..;x/b").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f1_case_insensitive_paths_fold_case_for_routing_and_cedar_only() {
+    // Without the option, paths are case-sensitive: `/OBJECTS` is no route.
+    let (_gw, upstream, acme, _guard) = secret_policy_gateway(|_| {}).await;
+    let r = acme.client.get("/svc/storage/OBJECTS/a").await;
+    assert_eq!(r.error_code(), "NoSuchRoute");
+    assert_eq!(upstream.count(), 0);
+
+    let (_gw, upstream, acme, _guard) =
+        secret_policy_gateway(|s| s.case_insensitive_paths = true).await;
+    for path in [
+        "/svc/storage/objects/SECRET/x",
+        "/svc/storage/Objects/Secret/x",
+        "/svc/storage/objects/%53ecret/x",
+    ] {
+        let r = acme.client.get(path).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}: {}", r.text());
+    }
+    assert_eq!(upstream.count(), 0);
+    let r = acme.client.get("/svc/storage/OBJECTS/Public/caf%c3%a9").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        upstream.last().uri,
+        "/OBJECTS/Public/caf%C3%A9",
+        "the upstream gets the canonical path as sent, not the folded one"
+    );
+}
+
+/// The path Cedar saw for the request `request_id` (its decision record's `context.path`).
+fn cedar_path(gw: &TestGateway, request_id: &str) -> String {
+    let db = crate::support::backend::TestDb(gw.database());
+    let json: String = db
+        .query_row(
+            "SELECT request_json FROM decisions WHERE request_id = ?1",
+            tollgate::db::params![request_id],
+            |r| r.get(0),
+        )
+        .expect("the decision record");
+    let value: serde_json::Value = serde_json::from_str(&json).expect("request_json");
+    value["context"]["path"]
+        .as_str()
+        .expect("context.path")
+        .to_owned()
+}
+
+/// F1, as a property: whatever path a client sends, if it is forwarded, the canonical path Cedar
+/// decided on is byte for byte the path the upstream received.
+#[test]
+fn f1_cedar_and_the_upstream_see_the_same_canonical_path() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (gw, upstream, acme) = runtime.block_on(gateway());
+    let piece = prop_oneof![
+        "[a-zA-Z0-9]{1,4}",
+        Just("-".to_owned()),
+        Just("_".to_owned()),
+        Just("~".to_owned()),
+        Just(".".to_owned()),
+        Just("/".to_owned()),
+        Just(";".to_owned()),
+        Just("%25".to_owned()),
+        "%[0-9a-fA-F]{2}",
+        "%[2-7][0-9a-fA-F]",
+        "[!$&'()*+,=:@]",
+    ];
+    let path = proptest::collection::vec(piece, 1..10).prop_map(|p| p.concat());
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let forwarded = std::sync::atomic::AtomicUsize::new(0);
+    runner
+        .run(&path, |tail| {
+            let target = format!("/svc/storage/objects/{tail}");
+            let r = runtime.block_on(acme.client.get(&target));
+            if r.status != StatusCode::OK {
+                prop_assert!(
+                    r.status == StatusCode::BAD_REQUEST || r.status == StatusCode::NOT_FOUND,
+                    "{target}: {} {}",
+                    r.status,
+                    r.text()
+                );
+                return Ok(());
+            }
+            forwarded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let request_id = r.header("x-request-id").expect("request id").to_owned();
+            let seen = upstream
+                .seen()
+                .into_iter()
+                .find(|s| {
+                    s.headers.get("x-request-id").and_then(|v| v.to_str().ok())
+                        == Some(request_id.as_str())
+                })
+                .expect("the upstream saw the call");
+            let cedar = cedar_path(&gw, &request_id);
+            prop_assert_eq!(&cedar, &seen.uri, "{}", target);
+            // And it is canonical: no escape of an unreserved character, upper-case hex only.
+            let bytes = cedar.as_bytes();
+            for (i, _) in cedar.match_indices('%') {
+                let hex = &bytes[i + 1..i + 3];
+                prop_assert!(
+                    hex.iter().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()),
+                    "{}",
+                    cedar
+                );
+                let value = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("zz"), 16)
+                    .unwrap_or_default();
+                prop_assert!(
+                    !(value.is_ascii_alphanumeric() || b"-_.~".contains(&value)),
+                    "{}",
+                    cedar
+                );
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        forwarded.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "no generated path was forwarded"
+    );
+    runtime.block_on(async move {
+        drop(gw);
+    });
+}
+
+/// One header the upstream received, as text.
+fn seen_header(seen: &crate::support::upstream::Seen, name: &str) -> Option<String> {
+    seen.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f2_underscore_headers_never_reach_the_upstream() {
+    let (gw, upstream, acme) = gateway().await;
+    // Through a client library, and raw, with the spellings a WSGI or CGI upstream would
+    // read as `HTTP_X_TOLLGATE_ACCOUNT`.
+    let r = acme
+        .client
+        .send(
+            Method::GET,
+            "/svc/storage/objects/a",
+            &[
+                ("X_Tollgate_Account", "999999999999"),
+                ("x_tollgate-user", "root"),
+                ("x-forwarded_for", "6.6.6.6"),
+                ("my_header", "1"),
+                ("x-plain-header", "kept"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let seen = upstream.last();
+    for (name, _) in seen.headers.iter() {
+        assert!(
+            !name.as_str().contains('_'),
+            "`{name}` reached the upstream"
+        );
+    }
+    assert_eq!(
+        seen_header(&seen, "x-tollgate-account").as_deref(),
+        Some(acme.id.as_str())
+    );
+    assert_eq!(seen_header(&seen, "x-plain-header").as_deref(), Some("kept"));
+    let request = format!(
+        "GET /svc/storage/objects/raw HTTP/1.1\r\nHost: x\r\n{}X_TOLLGATE_ACCOUNT: 999999999999\r\nConnection: close\r\n\r\n",
+        auth_header(&acme)
+    );
+    let response = raw(&gw.addr.to_string(), request.as_bytes(), Duration::from_secs(5)).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let seen = upstream.last();
+    assert_eq!(seen.uri, "/objects/raw");
+    assert!(seen.headers.keys().all(|k| !k.as_str().contains('_')));
+    assert_eq!(
+        seen.headers.get_all("x-tollgate-account").iter().count(),
+        1,
+        "one account header, the gateway's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f2_override_headers_are_stripped_one_by_one() {
+    let (_gw, upstream, acme) = gateway().await;
+    for (name, value) in [
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-HTTP-Method", "DELETE"),
+        ("X-Method-Override", "DELETE"),
+        ("X-Original-URL", "/admin"),
+        ("X-Rewrite-URL", "/admin"),
+        ("X-Real-IP", "10.0.0.1"),
+        ("True-Client-IP", "10.0.0.1"),
+        ("X-Forwarded-Port", "443"),
+        ("X-Forwarded-Prefix", "/admin"),
+        ("X-Forwarded-Server", "internal"),
+        ("Forwarded", "for=10.0.0.1;proto=https"),
+    ] {
+        let r = acme
+            .client
+            .send(
+                Method::GET,
+                "/svc/storage/objects/a",
+                &[(name, value), ("x-marker", name)],
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{name}: {}", r.text());
+        let seen = upstream.last();
+        assert_eq!(seen_header(&seen, "x-marker").as_deref(), Some(name));
+        assert_eq!(seen_header(&seen, name), None, "{name} reached the upstream");
+    }
+    // Also from a trusted proxy: they name methods and paths nobody authorized.
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::builder(&upstream.url())
+        .tweak(|c| c.server.trusted_proxies = vec!["127.0.0.0/8".parse().expect("net")])
+        .start()
+        .await;
+    let acme = gw.account("acme").await;
+    let r = acme
+        .client
+        .send(
+            Method::GET,
+            "/svc/storage/objects/a",
+            &[
+                ("X-HTTP-Method-Override", "DELETE"),
+                ("X-Original-URL", "/admin"),
+                ("Forwarded", "for=10.0.0.1"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = upstream.last();
+    for name in ["x-http-method-override", "x-original-url", "forwarded"] {
+        assert_eq!(seen_header(&seen, name), None, "{name} from a trusted proxy");
+    }
+}
+
+/// The `(request_id, client_request_id)` of the decision and of the ledger record of a call
+/// whose gateway id is `request_id`.
+fn recorded_ids(gw: &TestGateway, request_id: &str) -> [(String, Option<String>); 2] {
+    let db = crate::support::backend::TestDb(gw.database());
+    let read = |table: &str| {
+        db.query_row(
+            &format!("SELECT request_id, client_request_id FROM {table} WHERE request_id = ?1"),
+            tollgate::db::params![request_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap_or_else(|e| panic!("{table}: {e}"))
+    };
+    [read("decisions"), read("ledger")]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f2_a_client_request_id_is_recorded_and_replaced_unless_from_a_trusted_proxy() {
+    let (gw, upstream, acme) = gateway().await;
+    let r = acme
+        .client
+        .send(
+            Method::GET,
+            "/svc/storage/objects/a",
+            &[("x-request-id", "client-chosen-id.1")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let id = r.header("x-request-id").expect("request id").to_owned();
+    assert_ne!(id, "client-chosen-id.1", "an untrusted client's id is not ours");
+    assert_eq!(id.len(), 32);
+    assert_eq!(
+        seen_header(&upstream.last(), "x-request-id").as_deref(),
+        Some(id.as_str())
+    );
+    for (request_id, client) in recorded_ids(&gw, &id) {
+        assert_eq!(request_id, id);
+        assert_eq!(client.as_deref(), Some("client-chosen-id.1"));
+    }
+    // No client id: none recorded.
+    let r = acme.client.get("/svc/storage/objects/b").await;
+    let id = r.header("x-request-id").expect("request id").to_owned();
+    for (_, client) in recorded_ids(&gw, &id) {
+        assert_eq!(client, None);
+    }
+
+    // From a trusted proxy, a well-formed id is the request's id.
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::builder(&upstream.url())
+        .tweak(|c| c.server.trusted_proxies = vec!["127.0.0.0/8".parse().expect("net")])
+        .start()
+        .await;
+    let acme = gw.account("acme").await;
+    let r = acme
+        .client
+        .send(
+            Method::GET,
+            "/svc/storage/objects/a",
+            &[("x-request-id", "proxy-chosen-id.1")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.header("x-request-id"), Some("proxy-chosen-id.1"));
+    assert_eq!(
+        seen_header(&upstream.last(), "x-request-id").as_deref(),
+        Some("proxy-chosen-id.1")
+    );
+    for (request_id, client) in recorded_ids(&gw, "proxy-chosen-id.1") {
+        assert_eq!(request_id, "proxy-chosen-id.1");
+        assert_eq!(client, None);
+    }
+}
+
+/// The `source_ip` of the decision record of the call `request_id`.
+fn recorded_source_ip(gw: &TestGateway, request_id: &str) -> String {
+    crate::support::backend::TestDb(gw.database())
+        .query_row(
+            "SELECT source_ip FROM decisions WHERE request_id = ?1",
+            tollgate::db::params![request_id],
+            |r| r.get(0),
+        )
+        .expect("decision record")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f2_x_forwarded_for_is_walked_from_the_right_and_stops_at_what_it_cannot_parse() {
+    let upstream = Upstream::start().await;
+    let (_guard, policies) = crate::support::gateway::copy_policies();
+    let gw = TestGateway::builder(&upstream.url())
+        .policies_dir(policies.clone())
+        .tweak(|c| {
+            c.server.trusted_proxies = vec![
+                "127.0.0.0/8".parse().expect("net"),
+                "192.0.2.0/24".parse().expect("net"),
+            ]
+        })
+        .start()
+        .await;
+    let acme = gw.account("acme").await;
+    crate::support::org::write(
+        &policies,
+        &format!("accounts/{}/office.cedar", acme.id),
+        "@id(\"office-only\")\nforbid (principal, action, resource)\nunless { context.source_ip.isInRange(ip(\"10.0.0.0/8\")) };\n",
+    );
+    let store = gw.app.policies.clone();
+    tokio::task::spawn_blocking(move || {
+        store
+            .reload(tollgate::authz::ReloadTrigger::Signal)
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"))
+    })
+    .await
+    .expect("reload task")
+    .expect("the policy loads");
+
+    // (X-Forwarded-For as the trusted proxy sent it, expected status, expected source_ip)
+    let cases = [
+        ("10.1.1.1", StatusCode::OK, "10.1.1.1"),
+        ("6.6.6.6, 10.1.1.1, 192.0.2.1", StatusCode::OK, "10.1.1.1"),
+        ("10.1.1.1, 203.0.113.9", StatusCode::FORBIDDEN, "203.0.113.9"),
+        // The attacker wrote `10.1.1.1`; the proxy appended the real client in a form that
+        // is not a bare address. Nothing left of it may be believed.
+        ("10.1.1.1, 203.0.113.9:5555", StatusCode::FORBIDDEN, "127.0.0.1"),
+        ("10.1.1.1, [2001:db8::1]:443", StatusCode::FORBIDDEN, "127.0.0.1"),
+        ("10.1.1.1, unknown", StatusCode::FORBIDDEN, "127.0.0.1"),
+        ("10.1.1.1,, 192.0.2.7", StatusCode::FORBIDDEN, "192.0.2.7"),
+        ("10.1.1.1, _hidden, 192.0.2.7", StatusCode::FORBIDDEN, "192.0.2.7"),
+        ("192.0.2.8, 192.0.2.7", StatusCode::FORBIDDEN, "192.0.2.8"),
+    ];
+    for (xff, status, source) in cases {
+        let r = acme
+            .client
+            .send(
+                Method::GET,
+                "/svc/storage/objects/a",
+                &[("x-forwarded-for", xff)],
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(r.status, status, "{xff}: {}", r.text());
+        let id = r.header("x-request-id").expect("request id");
+        assert_eq!(recorded_source_ip(&gw, id), source, "{xff}");
+    }
 }
