@@ -116,6 +116,7 @@ fn ledger_entry(price: &tollgate::server::route::Route) -> LedgerEntry {
             action: "storage:GetObject".to_owned(),
             method: "GET".to_owned(),
             status: 200,
+            client_request_id: None,
         },
         bytes_in: 0,
         bytes_out: 0,

@@ -32,12 +32,15 @@ pub(super) struct DecisionRow {
     pub errors: String,
     pub policy_version: String,
     pub request_json: String,
+    /// The `X-Request-Id` an untrusted client sent (F2); hashed only when present, so records
+    /// from before the column hash as they always did.
+    pub client_request_id: Option<String>,
 }
 
 /// The hashed columns, in the order of [`DecisionRow`] and of the canonical encoding.
 pub(super) const COLUMNS: &str = "record_id, kind, time, request_id, account_id, user_name, \
      action, resource, source_ip, mfa, decision, denied_by, account_policies, org_applied, \
-     org_reason, org_policies, errors, policy_version, request_json";
+     org_reason, org_policies, errors, policy_version, request_json, client_request_id";
 
 const CANONICAL_TAG: &str = "tollgate/decisions/v1";
 
@@ -46,7 +49,7 @@ const CANONICAL_TAG: &str = "tollgate/decisions/v1";
 impl DecisionRow {
     pub fn canonical(&self) -> Vec<u8> {
         let mfa = self.mfa.map(|m| if m { "1" } else { "0" });
-        Canonical::new(CANONICAL_TAG)
+        let canonical = Canonical::new(CANONICAL_TAG)
             .str("record_id", &self.record_id)
             .str("kind", &self.kind)
             .i64("time", self.time)
@@ -65,15 +68,18 @@ impl DecisionRow {
             .str("org_policies", &self.org_policies)
             .str("errors", &self.errors)
             .str("policy_version", &self.policy_version)
-            .str("request_json", &self.request_json)
-            .finish()
+            .str("request_json", &self.request_json);
+        match &self.client_request_id {
+            Some(id) => canonical.str("client_request_id", id).finish(),
+            None => canonical.finish(),
+        }
     }
 
     pub fn insert(&self, tx: &Tx<'_>, seq: u64, prev: &Hash, hash: &Hash) -> Result<(), DbError> {
         tx.execute(
             &format!(
                 "INSERT INTO decisions (seq, {COLUMNS}, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, \
-             ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+             ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
             ),
             params![
                 seq as i64,
@@ -96,6 +102,7 @@ impl DecisionRow {
                 self.errors,
                 self.policy_version,
                 self.request_json,
+                self.client_request_id,
                 chain::to_hex(prev),
                 chain::to_hex(hash),
             ],
@@ -125,6 +132,7 @@ impl DecisionRow {
             errors: row.get(at + 16)?,
             policy_version: row.get(at + 17)?,
             request_json: row.get(at + 18)?,
+            client_request_id: row.get(at + 19)?,
         })
     }
 }

@@ -38,6 +38,8 @@ pub struct MeteredCall {
     pub method: String,
     /// The upstream's status code.
     pub status: u16,
+    /// The `X-Request-Id` an untrusted client sent, kept aside (F2).
+    pub client_request_id: Option<RequestId>,
 }
 
 /// Unit prices in force and the exact (unrounded) amounts they gave.
@@ -100,6 +102,8 @@ pub struct DecisionEntry {
     pub kind: DecisionKind,
     pub time: DateTime<Utc>,
     pub request_id: RequestId,
+    /// The `X-Request-Id` an untrusted client sent, kept aside (F2).
+    pub client_request_id: Option<RequestId>,
     pub request: Request,
     pub decision: Decision,
 }
@@ -343,6 +347,7 @@ fn ledger_pending(
         amount: amount.to_string(),
         billing_month: String::new(),
         original_month: None,
+        client_request_id: call.client_request_id.map(|r| r.as_str().to_owned()),
     };
     Ok(Pending::Ledger(Box::new(PendingLedger {
         row,
@@ -407,6 +412,7 @@ fn decision_row(e: DecisionEntry) -> Result<DecisionRow, JournalError> {
         errors: Value::Array(errors).to_string(),
         policy_version: d.policy_version.clone(),
         request_json: request_json(&e.request).to_string(),
+        client_request_id: e.client_request_id.map(|r| r.as_str().to_owned()),
     })
 }
 
@@ -456,6 +462,7 @@ fn reload_row(e: ReloadEntry) -> DecisionRow {
         errors: errors.to_string(),
         policy_version: e.active_version,
         request_json: detail.to_string(),
+        client_request_id: None,
     }
 }
 

@@ -39,13 +39,16 @@ pub(super) struct LedgerRow {
     pub amount: String,
     pub billing_month: String,
     pub original_month: Option<String>,
+    /// The `X-Request-Id` an untrusted client sent (F2); hashed only when present, so records
+    /// from before the column hash as they always did.
+    pub client_request_id: Option<String>,
 }
 
 /// The hashed columns, in the order of [`LedgerRow`] and of the canonical encoding.
 const COLUMNS: &str = "record_id, kind, call_record_id, event_time, commit_time, request_id, \
      account_id, payer_account_id, org_id, user_name, service, action, method, status, bytes_in, \
      bytes_out, quantity, per_request, per_gb_in, per_gb_out, tiered, amount_requests, \
-     amount_gb_in, amount_gb_out, amount, billing_month, original_month";
+     amount_gb_in, amount_gb_out, amount, billing_month, original_month, client_request_id";
 
 const CANONICAL_TAG: &str = "tollgate/ledger/v1";
 
@@ -53,7 +56,7 @@ const CANONICAL_TAG: &str = "tollgate/ledger/v1";
 
 impl LedgerRow {
     pub fn canonical(&self) -> Vec<u8> {
-        Canonical::new(CANONICAL_TAG)
+        let canonical = Canonical::new(CANONICAL_TAG)
             .str("record_id", &self.record_id)
             .str("kind", &self.kind)
             .opt_str("call_record_id", self.call_record_id.as_deref())
@@ -80,8 +83,11 @@ impl LedgerRow {
             .str("amount_gb_out", &self.amount_gb_out)
             .str("amount", &self.amount)
             .str("billing_month", &self.billing_month)
-            .opt_str("original_month", self.original_month.as_deref())
-            .finish()
+            .opt_str("original_month", self.original_month.as_deref());
+        match &self.client_request_id {
+            Some(id) => canonical.str("client_request_id", id).finish(),
+            None => canonical.finish(),
+        }
     }
 
     pub fn insert(&self, tx: &Tx<'_>, seq: u64, prev: &Hash, hash: &Hash) -> Result<(), DbError> {
@@ -89,7 +95,7 @@ impl LedgerRow {
             &format!(
                 "INSERT INTO ledger (seq, {COLUMNS}, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, \
              ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, \
-             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
+             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)"
             ),
             params![
                 seq as i64,
@@ -120,6 +126,7 @@ impl LedgerRow {
                 self.amount,
                 self.billing_month,
                 self.original_month,
+                self.client_request_id,
                 chain::to_hex(prev),
                 chain::to_hex(hash),
             ],
@@ -157,6 +164,7 @@ impl LedgerRow {
             amount: row.get(at + 24)?,
             billing_month: row.get(at + 25)?,
             original_month: row.get(at + 26)?,
+            client_request_id: row.get(at + 27)?,
         })
     }
 }

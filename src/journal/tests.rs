@@ -76,6 +76,7 @@ fn call(account: &str, payer: &str, org: bool) -> MeteredCall {
         action: "storage:GetObject".into(),
         method: "GET".into(),
         status: 200,
+        client_request_id: None,
     }
 }
 
@@ -172,6 +173,7 @@ fn decision_entry(
         kind: DecisionKind::Service,
         time,
         request_id: RequestId::generate(),
+        client_request_id: None,
         request: request(account, user, action),
         decision: decision(verdict),
     }

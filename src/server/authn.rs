@@ -155,22 +155,28 @@ pub fn invalid_token(message: &str) -> Rejection {
     Rejection::new(StatusCode::UNAUTHORIZED, "InvalidToken", message)
 }
 
-/// The client address policies see: the peer, or for a trusted proxy the nearest untrusted
-/// address in `X-Forwarded-For`.
+/// The client address policies see (`source_ip`). From an untrusted peer, the peer. From a
+/// trusted proxy, `X-Forwarded-For` is walked from the right (the entry the nearest proxy
+/// wrote comes last): trusted proxies are stepped over, and the first untrusted address is the
+/// client. An entry that is not a bare IP address (`ip:port`, `[v6]:port`, `unknown`, empty)
+/// ends the walk at the last trusted address reached: whatever is left of it was written by
+/// someone we do not trust, so it is never used (F2). Allocates nothing.
 pub fn client_ip(app: &App, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
-    if !app.is_trusted_proxy(peer.ip()) {
-        return peer.ip();
+    let mut last_trusted = peer.ip();
+    if !app.is_trusted_proxy(last_trusted) {
+        return last_trusted;
     }
-    let chain: Vec<IpAddr> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|ip| ip.trim().parse().ok())
-        .collect();
-    chain
-        .into_iter()
-        .rev()
-        .find(|ip| !app.is_trusted_proxy(*ip))
-        .unwrap_or(peer.ip())
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(value) = value.to_str() else {
+            return last_trusted;
+        };
+        for entry in value.rsplit(',') {
+            match entry.trim().parse::<IpAddr>() {
+                Ok(ip) if app.is_trusted_proxy(ip) => last_trusted = ip,
+                Ok(ip) => return ip,
+                Err(_) => return last_trusted,
+            }
+        }
+    }
+    last_trusted
 }

@@ -53,6 +53,7 @@ fn record(app: &App, request: &Request, decision: &Decision) -> Result<(), Rejec
         kind,
         time: app.clock.now(),
         request_id: scope::request_id(),
+        client_request_id: scope::client_request_id(),
         request: request.clone(),
         decision: decision.clone(),
     };

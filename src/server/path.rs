@@ -1,10 +1,20 @@
-//! Refuses request targets that could mean different things to tollgate and to an upstream,
-//! before any routing (SPEC F1): dot segments (also with a `;` parameter, `..;`), encoded
-//! slashes and dots (also double-encoded, `%252e`), backslashes, empty segments, control
-//! characters, raw non-ASCII bytes, bad or non-UTF-8 percent-encoding.
+//! The one canonical form of a request path (SPEC F1), made before any routing, and the
+//! refusal of targets that could mean different things to tollgate and to an upstream: dot
+//! segments (also with a `;` parameter, `..;`), encoded slashes and dots (also double-encoded,
+//! `%252e`), backslashes, empty segments, control characters, raw non-ASCII bytes, bad or
+//! non-UTF-8 percent-encoding.
 //!
-//! What passes is forwarded byte for byte as received, so the upstream sees exactly the path
-//! that was routed and authorized.
+//! Canonical means: percent-encoded unreserved characters (RFC 3986 §2.3: letters, digits,
+//! `-`, `_`, `~`) are decoded, `%2E` excepted (refused, like every encoded dot); every other
+//! `%XX` stays encoded with upper-case hex. Routing, Cedar's `context.path` and the upstream
+//! all get that one string, so a policy on `/objects/secret/*` cannot be walked around with
+//! `%73ecret`. Whether a `;` (a path parameter to Tomcat, Jetty and others) may pass, and
+//! whether case is folded for routing and Cedar, are per-service choices the pipeline applies
+//! ([`has_params`], [`fold_case`]).
+//!
+//! One pass over the path; a path without `%` is borrowed, never copied.
+
+use std::borrow::Cow;
 
 /// Why a request path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,13 +37,22 @@ pub enum PathError {
     BadPercentEncoding,
     #[error("the path is not valid UTF-8 once decoded")]
     NotUtf8,
+    #[error(
+        "service `{service}` does not accept `;` path parameters; percent-encode a literal `;` as `%3B`"
+    )]
+    PathParameter { service: String },
 }
 
-/// Checks a raw (still percent-encoded) path. The trailing segment may be empty (`/objects/`).
-pub fn check(raw: &str) -> Result<(), PathError> {
+/// Checks a raw (still percent-encoded) path and returns its canonical form. The trailing
+/// segment may be empty (`/objects/`).
+pub fn canonicalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
     let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
     let bytes = raw.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
+    // Only escapes change anything; without one the path is its own canonical form.
+    let escaped = bytes.contains(&b'%');
+    let mut canonical = String::with_capacity(if escaped { bytes.len() } else { 0 });
+    // The fully decoded bytes, to check UTF-8 and double encoding (escaped paths only).
+    let mut decoded = Vec::with_capacity(if escaped { bytes.len() } else { 0 });
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         match b {
@@ -49,42 +68,99 @@ pub fn check(raw: &str) -> Result<(), PathError> {
                     0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
                     _ => decoded.push(value),
                 }
+                if is_unreserved(value) {
+                    canonical.push(char::from(value));
+                } else {
+                    canonical.push('%');
+                    canonical.push(char::from(HEX_UPPER[usize::from(hi)]));
+                    canonical.push(char::from(HEX_UPPER[usize::from(lo)]));
+                }
                 i += 3;
             }
             b'\\' => return Err(PathError::Backslash),
             0..=0x20 | 0x7f => return Err(PathError::ControlCharacter),
             0x80.. => return Err(PathError::NotAscii),
             _ => {
-                decoded.push(b);
+                if escaped {
+                    decoded.push(b);
+                    canonical.push(char::from(b));
+                }
                 i += 1;
             }
         }
     }
-    if std::str::from_utf8(&decoded).is_err() {
-        return Err(PathError::NotUtf8);
+    if escaped {
+        if std::str::from_utf8(&decoded).is_err() {
+            return Err(PathError::NotUtf8);
+        }
+        // Double encoding: an upstream (or a framework in front of it) that decodes once more
+        // would see a separator or a dot that was never checked here.
+        if decoded.windows(3).any(|w| {
+            matches!(w, [b'%', hi, lo] if matches!(
+                hex_value(*hi).zip(hex_value(*lo)).map(|(h, l)| h * 16 + l),
+                Some(b'/' | b'\\' | b'.')
+            ))
+        }) {
+            return Err(PathError::EncodedSeparator);
+        }
     }
-    // Double encoding: an upstream (or a framework in front of it) that decodes once more would
-    // see a separator or a dot that was never checked here.
-    if decoded.windows(3).any(|w| {
-        matches!(w, [b'%', hi, lo] if matches!(
-            hex_value(*hi).zip(hex_value(*lo)).map(|(h, l)| h * 16 + l),
-            Some(b'/' | b'\\' | b'.')
-        ))
-    }) {
-        return Err(PathError::EncodedSeparator);
-    }
-    let segments: Vec<&str> = rest.split('/').collect();
-    let last = segments.len().saturating_sub(1);
-    for (n, segment) in segments.iter().enumerate() {
+    // Decoding never creates or removes a `/`, `.` or `;`, so the raw segments are the
+    // canonical ones as far as these checks go.
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
         // `..;x` is `..` to servers that strip path parameters (Tomcat, Jetty and others).
         let bare = segment.split(';').next().unwrap_or_default();
         match bare {
             "." | ".." => return Err(PathError::DotSegment),
-            "" if n != last => return Err(PathError::EmptySegment),
+            "" if segments.peek().is_some() => return Err(PathError::EmptySegment),
             _ => {}
         }
     }
-    Ok(())
+    Ok(if escaped {
+        Cow::Owned(canonical)
+    } else {
+        Cow::Borrowed(raw)
+    })
+}
+
+/// Whether a canonical path carries `;` path parameters (refused unless the service allows
+/// them: an upstream that strips them would serve another path than the one decided on).
+pub fn has_params(canonical: &str) -> bool {
+    canonical.contains(';')
+}
+
+/// The case-folded form of a canonical path, for routing and Cedar on services with
+/// `case_insensitive_paths`: ASCII letters outside `%XX` escapes in lower case (escapes keep
+/// their upper-case hex). Borrowed when nothing changes.
+pub fn fold_case(canonical: &str) -> Cow<'_, str> {
+    let bytes = canonical.as_bytes();
+    let mut i = 0;
+    let mut folded: Option<Vec<u8>> = None;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            i += 3;
+            continue;
+        }
+        if b.is_ascii_uppercase() {
+            let out = folded.get_or_insert_with(|| bytes.to_vec());
+            if let Some(c) = out.get_mut(i) {
+                *c = b.to_ascii_lowercase();
+            }
+        }
+        i += 1;
+    }
+    match folded.map(String::from_utf8) {
+        Some(Ok(s)) => Cow::Owned(s),
+        // Only ASCII letters were changed, so this cannot fail; keep the input if it did.
+        Some(Err(_)) | None => Cow::Borrowed(canonical),
+    }
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// RFC 3986 §2.3, minus `.`: an encoded dot is refused, never decoded.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~')
 }
 
 fn hex_value(c: u8) -> Option<u8> {
@@ -99,6 +175,37 @@ fn hex_value(c: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check(raw: &str) -> Result<(), PathError> {
+        canonicalize(raw).map(|_| ())
+    }
+
+    #[test]
+    fn canonical_form_decodes_unreserved_and_upper_cases_the_rest() {
+        for (raw, canonical) in [
+            ("/objects/%73ecret/x", "/objects/secret/x"),
+            ("/a%7e%41%5F%2d", "/a~A_-"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/a%3bb%3B", "/a%3Bb%3B"),
+            ("/100%25", "/100%25"),
+            ("/a%2541", "/a%2541"),
+            ("/plain/path", "/plain/path"),
+            ("/a;b", "/a;b"),
+        ] {
+            assert_eq!(canonicalize(raw).as_deref(), Ok(canonical), "{raw}");
+        }
+        assert!(matches!(canonicalize("/plain"), Ok(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn case_folding_leaves_escapes_alone() {
+        assert_eq!(
+            fold_case("/Objects/SECRET%C3%A9x"),
+            "/objects/secret%C3%A9x"
+        );
+        assert!(matches!(fold_case("/objects/a%C3"), Cow::Borrowed(_)));
+        assert!(has_params("/a;b") && !has_params("/a%3Bb"));
+    }
 
     #[test]
     fn plain_paths_pass() {
@@ -160,6 +267,10 @@ mod properties {
     use proptest::prelude::*;
 
     use super::*;
+
+    fn check(raw: &str) -> Result<(), PathError> {
+        canonicalize(raw).map(|_| ())
+    }
 
     fn config() -> ProptestConfig {
         ProptestConfig {
@@ -235,6 +346,16 @@ mod properties {
         #[test]
         fn any_string_gets_an_answer(raw in any::<String>()) {
             let _ = check(&raw);
+        }
+
+        #[test]
+        fn canonical_form_is_a_fixed_point_and_means_the_same(raw in tricky_path()) {
+            if let Ok(canonical) = canonicalize(&raw) {
+                prop_assert_eq!(canonicalize(&canonical).as_deref(), Ok(&*canonical));
+                prop_assert_eq!(decode(canonical.as_bytes()), decode(raw.as_bytes()));
+                let folded = fold_case(&canonical);
+                prop_assert_eq!(canonicalize(&folded).as_deref(), Ok(&*folded));
+            }
         }
     }
 }

@@ -5,9 +5,12 @@
 //!                              otherwise                 -> ops endpoints / JSON API
 //! ```
 //!
-//! Service calls are checked before routing (F1), routed with the compiled table, and forwarded
-//! with header hygiene (F2), streaming bodies (F3) and per-service timeouts (F4).
+//! Service calls get one canonical path before routing (F1: routing, Cedar and the upstream see
+//! the same string), are routed with the compiled table, and forwarded with header hygiene
+//! (F2), streaming bodies (F3) and per-service timeouts (F4). The request id is the client's
+//! only when a trusted proxy sent it (F2).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,7 +28,7 @@ use crate::metrics::{RequestLabels, ServiceLabels, UpstreamErrorLabels};
 use crate::server::authn::{self, Allow, Caller};
 use crate::server::authorize::{self, Facts};
 use crate::server::message;
-use crate::server::path;
+use crate::server::path::{self, PathError};
 use crate::server::rejection::{self, Rejection};
 use crate::server::route::{Matched, Route};
 use crate::server::scope;
@@ -34,16 +37,12 @@ use crate::upstream::{UpstreamError, headers};
 
 /// Handles one request; never fails: every error becomes a response.
 pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let request_id = request
-        .headers()
-        .get(&headers::X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| RequestId::parse(v).ok())
-        .unwrap_or_else(RequestId::generate);
+    let (request_id, client_request_id) = request_ids(&app, request.headers(), peer);
     // Every journal entry of the request (its decisions, its ledger record) is durable before
     // the response head leaves; if one is not, the response is replaced by a 503.
     let (result, durable) = scope::run(
         request_id.clone(),
+        client_request_id,
         dispatch(&app, request, peer, &request_id),
     )
     .await;
@@ -59,6 +58,25 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>, peer: SocketAddr)
         response.headers_mut().insert(headers::X_REQUEST_ID, value);
     }
     response
+}
+
+/// The request's id, and the id the client sent if it is not believed (F2): a well-formed
+/// `X-Request-Id` is the request's id only when a trusted proxy sent it. Anyone else's is kept
+/// aside (recorded as `client_request_id`) and a fresh id is generated; a malformed one is
+/// dropped.
+fn request_ids(
+    app: &App,
+    headers: &http::HeaderMap,
+    peer: SocketAddr,
+) -> (RequestId, Option<RequestId>) {
+    let sent = headers
+        .get(&headers::X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| RequestId::parse(v).ok());
+    match sent {
+        Some(id) if app.is_trusted_proxy(peer.ip()) => (id, None),
+        sent => (RequestId::generate(), sent),
+    }
 }
 
 /// The endpoints answered here rather than by the JSON API's dispatcher (`api::ENDPOINTS`):
@@ -95,8 +113,10 @@ async fn dispatch(
         request.headers(),
         app.config.server.max_header_bytes,
     )?;
-    if let Some(rest) = path.strip_prefix("/svc/") {
-        path::check(path)?;
+    if path.starts_with("/svc/") {
+        // One canonical path from here on: routing, Cedar and the upstream all get it (F1).
+        let canonical = path::canonicalize(path)?;
+        let rest = canonical.get("/svc/".len()..).unwrap_or_default();
         let (service, service_path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, "/"),
@@ -184,7 +204,25 @@ async fn forward(
     service_path: &str,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, Rejection> {
-    let matched = app.routes.route(service, request.method(), service_path)?;
+    // `service_path` is canonical (F1): it is what the upstream gets. Routing and Cedar get it
+    // too, case-folded where the service asks for that.
+    let decided_path = match app.routes.service(service) {
+        Some(svc) => {
+            if !svc.config.allow_path_params && path::has_params(service_path) {
+                return Err(PathError::PathParameter {
+                    service: service.to_owned(),
+                }
+                .into());
+            }
+            if svc.config.case_insensitive_paths {
+                path::fold_case(service_path)
+            } else {
+                Cow::Borrowed(service_path)
+            }
+        }
+        None => Cow::Borrowed(service_path),
+    };
+    let matched = app.routes.route(service, request.method(), &decided_path)?;
     let route = &matched.route;
     let method = request.method().to_string();
     outcome.route = Some((matched.service.name.clone(), route.action.clone()));
@@ -199,7 +237,7 @@ async fn forward(
                 name: service.to_owned(),
             },
             method: request.method().as_str(),
-            path: service_path,
+            path: &decided_path,
         },
     )?;
     outcome.decision = "allow";
@@ -325,6 +363,7 @@ impl Meter {
                 action: matched.route.action.clone(),
                 method,
                 status,
+                client_request_id: scope::client_request_id(),
             },
             price: matched.route.clone(),
             started: app.clock.now(),

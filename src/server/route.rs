@@ -73,7 +73,7 @@ impl RouteTable {
             let routes = s
                 .routes
                 .iter()
-                .map(|r| Route::compile(&s.name, r).map(Arc::new))
+                .map(|r| Route::compile(&s.name, r, s.case_insensitive_paths).map(Arc::new))
                 .collect::<Result<Vec<_>, String>>()?;
             let service = Service {
                 name: s.name.clone(),
@@ -120,17 +120,17 @@ impl RouteTable {
 // === impl Route ===
 
 impl Route {
-    fn compile(service: &str, r: &RouteConfig) -> Result<Self, String> {
+    /// `fold_case`: the service routes case-insensitively, so literals are kept folded and
+    /// matched against the folded request path (`path::fold_case`).
+    fn compile(service: &str, r: &RouteConfig, fold_case: bool) -> Result<Self, String> {
         let segments = r
             .path
             .split('/')
             .skip(1)
-            .map(|s| {
-                if s == "*" {
-                    Segment::Any
-                } else {
-                    Segment::Literal(s.to_owned())
-                }
+            .map(|s| match s {
+                "*" => Segment::Any,
+                s if fold_case => Segment::Literal(crate::server::path::fold_case(s).into_owned()),
+                s => Segment::Literal(s.to_owned()),
             })
             .collect();
         Ok(Self {

@@ -1,6 +1,6 @@
 //! The request scope: what every step of one request shares without threading it through
-//! every signature — its request id, and the journal acknowledgements the response must wait
-//! for.
+//! every signature — its request id (and the id an untrusted client sent, recorded as
+//! `client_request_id`, F2), and the journal acknowledgements the response must wait for.
 //!
 //! Why a task-local: every authorization decision of a request (service or API) is written to
 //! the decision log, and no response may leave before its decisions are durable (SPEC D1, and
@@ -22,6 +22,7 @@ type Ack = Pin<Box<dyn Future<Output = Result<Receipt, JournalError>> + Send>>;
 /// One request's shared state.
 pub struct RequestScope {
     request_id: RequestId,
+    client_request_id: Option<RequestId>,
     pending: Mutex<Vec<Ack>>,
 }
 
@@ -33,10 +34,12 @@ tokio::task_local! {
 /// submitted is durable. The second value is the first journal failure, if any.
 pub async fn run<F: Future>(
     request_id: RequestId,
+    client_request_id: Option<RequestId>,
     fut: F,
 ) -> (F::Output, Result<(), JournalError>) {
     let scope = RequestScope {
         request_id,
+        client_request_id,
         pending: Mutex::new(Vec::new()),
     };
     SCOPE
@@ -61,6 +64,15 @@ pub fn request_id() -> RequestId {
     SCOPE
         .try_with(|s| s.request_id.clone())
         .unwrap_or_else(|_| RequestId::generate())
+}
+
+/// The id the client sent when it is not the request's own (it came from an untrusted peer);
+/// `None` outside a request.
+pub fn client_request_id() -> Option<RequestId> {
+    SCOPE
+        .try_with(|s| s.client_request_id.clone())
+        .ok()
+        .flatten()
 }
 
 /// Registers an acknowledgement the response must wait for. Outside a request it is awaited

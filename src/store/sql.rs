@@ -281,6 +281,10 @@ const SQLITE_MIGRATIONS: &[&str] = &[
         pruned_at INTEGER NOT NULL,
         records INTEGER NOT NULL
      ) STRICT;",
+    // edge (issue 16 item 14): the `X-Request-Id` an untrusted client sent, kept beside the
+    // gateway's own id in both logs (F2). Hashed only when present (journal/ledger.rs).
+    "ALTER TABLE ledger ADD COLUMN client_request_id TEXT;
+     ALTER TABLE decisions ADD COLUMN client_request_id TEXT;",
 ];
 
 /// The PostgreSQL schema, in the same numbering scheme as [`SQLITE_MIGRATIONS`] but its own
@@ -511,6 +515,10 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
         pruned_at BIGINT NOT NULL,
         records BIGINT NOT NULL
      );",
+    // edge (issue 16 item 14): the `X-Request-Id` an untrusted client sent, kept beside the
+    // gateway's own id in both logs (F2). Hashed only when present (journal/ledger.rs).
+    "ALTER TABLE ledger ADD COLUMN client_request_id TEXT;
+     ALTER TABLE decisions ADD COLUMN client_request_id TEXT;",
 ];
 
 /// The store, on either database.

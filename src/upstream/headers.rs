@@ -1,9 +1,14 @@
 //! Header hygiene between client and upstream (SPEC F2).
 //!
 //! Towards the upstream: hop-by-hop headers (and those a `Connection` header names),
-//! `Authorization`, `Proxy-*` and every client-sent `X-Tollgate-*` are removed; forwarding
-//! headers are set from the peer, believing the client's own only when the peer is a trusted
-//! proxy. Towards the client: hop-by-hop headers are removed.
+//! `Authorization`, `Proxy-*`, every client-sent `X-Tollgate-*`, every header whose name
+//! contains `_` (CGI and WSGI read `X_Tollgate_Account` as `HTTP_X_TOLLGATE_ACCOUNT`, nginx
+//! drops them by default) and the override headers (they would let an upstream run a method or
+//! path that was never authorized) are removed, whoever the peer; forwarding headers are set
+//! from the peer, believing the client's own only when the peer is a trusted proxy. Towards
+//! the client: hop-by-hop headers are removed.
+//!
+//! One pass over the header names; nothing is allocated unless something is removed.
 
 use std::net::IpAddr;
 
@@ -13,7 +18,6 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 pub const X_TOLLGATE_ACCOUNT: HeaderName = HeaderName::from_static("x-tollgate-account");
 pub const X_TOLLGATE_USER: HeaderName = HeaderName::from_static("x-tollgate-user");
 pub const X_TOLLGATE_IDENTITY: HeaderName = HeaderName::from_static("x-tollgate-identity");
@@ -29,6 +33,22 @@ const HOP_BY_HOP: [&str; 9] = [
     "trailer",
     "transfer-encoding",
     "upgrade",
+];
+
+/// Headers that name another method, path, client address or front end than the one that was
+/// decided on (SPEC F2). `Forwarded` is here too: the gateway sets `X-Forwarded-*` only.
+const OVERRIDES: [&str; 11] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-real-ip",
+    "true-client-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "forwarded",
 ];
 
 /// Removes hop-by-hop headers, including any that `Connection` names.
@@ -52,12 +72,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub fn to_upstream(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool) {
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
-    let tollgate: Vec<HeaderName> = headers
+    let refused: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("x-tollgate-"))
+        .filter(|k| is_refused(k.as_str()))
         .cloned()
         .collect();
-    for name in tollgate {
+    for name in refused {
         headers.remove(name);
     }
 
@@ -84,7 +104,6 @@ pub fn to_upstream(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool) {
             headers.insert(X_FORWARDED_HOST, host);
         }
     } else {
-        headers.remove(FORWARDED);
         set(headers, X_FORWARDED_FOR, &peer.to_string());
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         match original_host {
@@ -96,6 +115,11 @@ pub fn to_upstream(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool) {
             }
         }
     }
+}
+
+/// A client header that never reaches an upstream, from any peer (names are lower case).
+fn is_refused(name: &str) -> bool {
+    name.starts_with("x-tollgate-") || name.contains('_') || OVERRIDES.contains(&name)
 }
 
 /// Prepares an upstream's response headers for the client.

@@ -242,6 +242,7 @@ fn entry(
             action: action.into(),
             method: "GET".into(),
             status: 200,
+            client_request_id: None,
         },
         bytes_in: 0,
         bytes_out,

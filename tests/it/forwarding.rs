@@ -430,8 +430,7 @@ async fn f1_encoded_unreserved_characters_and_path_parameters_cannot_bypass_a_pa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f1_path_parameters_pass_only_where_the_service_allows_them() {
-    let (_gw, upstream, acme, _guard) =
-        secret_policy_gateway(|s| s.allow_path_params = true).await;
+    let (_gw, upstream, acme, _guard) = secret_policy_gateway(|s| s.allow_path_params = true).await;
     let r = acme.client.get("/svc/storage/objects/a;v=1/b").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(upstream.last().uri, "/objects/a;v=1/b");
@@ -459,7 +458,10 @@ async fn f1_case_insensitive_paths_fold_case_for_routing_and_cedar_only() {
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}: {}", r.text());
     }
     assert_eq!(upstream.count(), 0);
-    let r = acme.client.get("/svc/storage/OBJECTS/Public/caf%c3%a9").await;
+    let r = acme
+        .client
+        .get("/svc/storage/OBJECTS/Public/caf%c3%a9")
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(
         upstream.last().uri,
@@ -552,7 +554,8 @@ fn f1_cedar_and_the_upstream_see_the_same_canonical_path() {
             for (i, _) in cedar.match_indices('%') {
                 let hex = &bytes[i + 1..i + 3];
                 prop_assert!(
-                    hex.iter().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()),
+                    hex.iter()
+                        .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()),
                     "{}",
                     cedar
                 );
@@ -616,12 +619,20 @@ async fn f2_underscore_headers_never_reach_the_upstream() {
         seen_header(&seen, "x-tollgate-account").as_deref(),
         Some(acme.id.as_str())
     );
-    assert_eq!(seen_header(&seen, "x-plain-header").as_deref(), Some("kept"));
+    assert_eq!(
+        seen_header(&seen, "x-plain-header").as_deref(),
+        Some("kept")
+    );
     let request = format!(
         "GET /svc/storage/objects/raw HTTP/1.1\r\nHost: x\r\n{}X_TOLLGATE_ACCOUNT: 999999999999\r\nConnection: close\r\n\r\n",
         auth_header(&acme)
     );
-    let response = raw(&gw.addr.to_string(), request.as_bytes(), Duration::from_secs(5)).await;
+    let response = raw(
+        &gw.addr.to_string(),
+        request.as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let seen = upstream.last();
     assert_eq!(seen.uri, "/objects/raw");
@@ -661,7 +672,11 @@ async fn f2_override_headers_are_stripped_one_by_one() {
         assert_eq!(r.status, StatusCode::OK, "{name}: {}", r.text());
         let seen = upstream.last();
         assert_eq!(seen_header(&seen, "x-marker").as_deref(), Some(name));
-        assert_eq!(seen_header(&seen, name), None, "{name} reached the upstream");
+        assert_eq!(
+            seen_header(&seen, name),
+            None,
+            "{name} reached the upstream"
+        );
     }
     // Also from a trusted proxy: they name methods and paths nobody authorized.
     let upstream = Upstream::start().await;
@@ -686,7 +701,11 @@ async fn f2_override_headers_are_stripped_one_by_one() {
     assert_eq!(r.status, StatusCode::OK);
     let seen = upstream.last();
     for name in ["x-http-method-override", "x-original-url", "forwarded"] {
-        assert_eq!(seen_header(&seen, name), None, "{name} from a trusted proxy");
+        assert_eq!(
+            seen_header(&seen, name),
+            None,
+            "{name} from a trusted proxy"
+        );
     }
 }
 
@@ -719,7 +738,10 @@ async fn f2_a_client_request_id_is_recorded_and_replaced_unless_from_a_trusted_p
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let id = r.header("x-request-id").expect("request id").to_owned();
-    assert_ne!(id, "client-chosen-id.1", "an untrusted client's id is not ours");
+    assert_ne!(
+        id, "client-chosen-id.1",
+        "an untrusted client's id is not ours"
+    );
     assert_eq!(id.len(), 32);
     assert_eq!(
         seen_header(&upstream.last(), "x-request-id").as_deref(),
@@ -809,14 +831,30 @@ async fn f2_x_forwarded_for_is_walked_from_the_right_and_stops_at_what_it_cannot
     let cases = [
         ("10.1.1.1", StatusCode::OK, "10.1.1.1"),
         ("6.6.6.6, 10.1.1.1, 192.0.2.1", StatusCode::OK, "10.1.1.1"),
-        ("10.1.1.1, 203.0.113.9", StatusCode::FORBIDDEN, "203.0.113.9"),
+        (
+            "10.1.1.1, 203.0.113.9",
+            StatusCode::FORBIDDEN,
+            "203.0.113.9",
+        ),
         // The attacker wrote `10.1.1.1`; the proxy appended the real client in a form that
         // is not a bare address. Nothing left of it may be believed.
-        ("10.1.1.1, 203.0.113.9:5555", StatusCode::FORBIDDEN, "127.0.0.1"),
-        ("10.1.1.1, [2001:db8::1]:443", StatusCode::FORBIDDEN, "127.0.0.1"),
+        (
+            "10.1.1.1, 203.0.113.9:5555",
+            StatusCode::FORBIDDEN,
+            "127.0.0.1",
+        ),
+        (
+            "10.1.1.1, [2001:db8::1]:443",
+            StatusCode::FORBIDDEN,
+            "127.0.0.1",
+        ),
         ("10.1.1.1, unknown", StatusCode::FORBIDDEN, "127.0.0.1"),
         ("10.1.1.1,, 192.0.2.7", StatusCode::FORBIDDEN, "192.0.2.7"),
-        ("10.1.1.1, _hidden, 192.0.2.7", StatusCode::FORBIDDEN, "192.0.2.7"),
+        (
+            "10.1.1.1, _hidden, 192.0.2.7",
+            StatusCode::FORBIDDEN,
+            "192.0.2.7",
+        ),
         ("192.0.2.8, 192.0.2.7", StatusCode::FORBIDDEN, "192.0.2.8"),
     ];
     for (xff, status, source) in cases {
