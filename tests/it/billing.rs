@@ -917,10 +917,10 @@ async fn m2_m7_sigkill_mid_traffic_loses_no_served_call_and_both_chains_verify()
             .collect()
     };
     let call_records = count(
-        "SELECT request_id, COUNT(*) FROM ledger WHERE kind = 'call' AND request_id LIKE 'crash-%' GROUP BY request_id",
+        "SELECT client_request_id, COUNT(*) FROM ledger WHERE kind = 'call' AND client_request_id LIKE 'crash-%' GROUP BY client_request_id",
     );
     let decision_records = count(
-        "SELECT request_id, COUNT(*) FROM decisions WHERE kind = 'service' AND request_id LIKE 'crash-%' GROUP BY request_id",
+        "SELECT client_request_id, COUNT(*) FROM decisions WHERE kind = 'service' AND client_request_id LIKE 'crash-%' GROUP BY client_request_id",
     );
     let unique: HashSet<&String> = served.iter().collect();
     assert_eq!(unique.len(), served.len(), "request ids are unique");

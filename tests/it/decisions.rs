@@ -35,7 +35,12 @@ async fn env() -> Env {
     let (guard, policies) = copy_policies();
     let gw = TestGateway::builder(&upstream.url())
         .policies_dir(policies.clone())
-        .tweak(|c| c.policies.watch = false)
+        .tweak(|c| {
+            c.policies.watch = false;
+            // The tests tag calls with their own request ids, which only a trusted proxy may
+            // choose (F2).
+            c.server.trusted_proxies = vec!["127.0.0.0/8".parse().expect("net")];
+        })
         .start()
         .await;
     let config = guard.path().join("tollgate.toml");

@@ -343,16 +343,21 @@ async fn f1_encoding_tricks_beyond_the_basic_ones_are_400() {
             "encoded dot in the service name",
             "/svc/stor%2eage/objects/a",
         ),
+        (
+            "a path parameter on a service without `allow_path_params` (F1)",
+            "/svc/storage/objects/a;b",
+        ),
     ];
     for (what, target) in tricks {
         let request =
             format!("GET {target} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
         expect_4xx(&gw, what, request.as_bytes(), 400).await;
     }
-    // Not tricks: an encoded space, a semicolon inside a name, a percent sign itself.
+    // Not tricks: an encoded space, an encoded semicolon inside a name, a percent sign itself
+    // (all canonical already: upper-case hex, nothing unreserved encoded).
     for fine in [
         "/svc/storage/objects/a%20b",
-        "/svc/storage/objects/a;b",
+        "/svc/storage/objects/a%3Bb",
         "/svc/storage/objects/100%25",
     ] {
         let r = acme.client.get(fine).await;
@@ -555,7 +560,13 @@ async fn api_huge_and_deeply_nested_json_bodies_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_1_0_and_pipelined_requests_are_answered_in_order() {
-    let (gw, upstream, acme) = gateway().await;
+    // The client stands in for a trusted proxy, so the ids it sends tag the answers (F2).
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::builder(&upstream.url())
+        .tweak(|c| c.server.trusted_proxies = vec!["127.0.0.0/8".parse().expect("net")])
+        .start()
+        .await;
+    let acme = gw.account("acme").await;
     let auth = bearer(&acme);
     let addr = gw.addr.to_string();
     // HTTP/1.0 without Host: answered, then the connection closes by itself.
@@ -1177,11 +1188,12 @@ async fn p7_files_deleted_during_reloads_never_break_decisions() {
 
 // === Faults: fail closed, charge only what was answered ===
 
-/// (call records, transfer records) in the ledger for `request_id`.
+/// (call records, transfer records) in the ledger for the client's `request_id` (recorded as
+/// `client_request_id`: a client that is no trusted proxy does not choose the request's id, F2).
 fn ledger_records(data_dir: &Path, request_id: &str) -> (Vec<(u16, u64)>, Vec<u64>) {
     let rows = backend::query(&backend::database(data_dir), |conn| {
         conn.query_map(
-            "SELECT kind, status, bytes_out FROM ledger WHERE request_id = ?1 ORDER BY seq",
+            "SELECT kind, status, bytes_out FROM ledger WHERE client_request_id = ?1 ORDER BY seq",
             params![request_id],
             |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?, r.get::<i64>(2)?)),
         )
@@ -1198,11 +1210,15 @@ fn ledger_records(data_dir: &Path, request_id: &str) -> (Vec<(u16, u64)>, Vec<u6
     (calls, transfers)
 }
 
+/// The decision records of the call the client tagged `request_id` (see [`ledger_records`]).
 fn decisions_of(data_dir: &Path, request_id: &str) -> usize {
     backend::query(&backend::database(data_dir), |conn| {
-        tollgate::journal::decision_by_request_id(conn, request_id)
-            .expect("decisions")
-            .len()
+        conn.query_row(
+            "SELECT COUNT(*) FROM decisions WHERE client_request_id = ?1",
+            params![request_id],
+            |r| r.get::<i64>(0),
+        )
+        .expect("decisions") as usize
     })
 }
 
@@ -1483,7 +1499,8 @@ async fn m2_d1_sigkill_under_load_loses_no_answered_call_from_either_log() {
         for id in &answered {
             let calls: i64 = conn
                 .query_row(
-                    "SELECT count(*) FROM ledger WHERE request_id = ?1 AND kind = 'call'",
+                    // The load's own ids: the client is no trusted proxy (F2).
+                    "SELECT count(*) FROM ledger WHERE client_request_id = ?1 AND kind = 'call'",
                     params![id],
                     |r| r.get(0),
                 )
@@ -1491,9 +1508,15 @@ async fn m2_d1_sigkill_under_load_loses_no_answered_call_from_either_log() {
             if calls != 1 {
                 missing_ledger.push((id.clone(), calls));
             }
-            let decisions = tollgate::journal::decision_by_request_id(conn, id).expect("decisions");
-            if decisions.len() != 1 {
-                missing_decision.push((id.clone(), decisions.len()));
+            let decisions: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM decisions WHERE client_request_id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .expect("count");
+            if decisions != 1 {
+                missing_decision.push((id.clone(), decisions));
             }
         }
         (missing_ledger, missing_decision)
