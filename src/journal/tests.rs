@@ -628,7 +628,7 @@ async fn a_forged_record_slipped_in_is_reported() {
                 account_id, payer_account_id, org_id, user_name, service, action, method, \
                 status, bytes_in, bytes_out, quantity, per_request, per_gb_in, per_gb_out, \
                 tiered, amount_requests, amount_gb_in, amount_gb_out, amount, billing_month, \
-                original_month";
+                original_month, client_request_id";
     let (mut row, prev_hex): (ledger::LedgerRow, String) = conn
         .query_row(
             &format!("SELECT seq, prev_hash, hash, {cols} FROM ledger WHERE seq = 2"),
@@ -1326,4 +1326,47 @@ async fn a_decision_is_found_by_request_id_with_everything_needed_to_replay_it()
     assert_eq!(r.org_reason.as_deref(), Some("consolidated_billing_only"));
     assert!(r.org_policies.is_empty());
     assert!(r.errors.iter().all(|e| e.tier == Some(Tier::Account)));
+}
+
+/// F2 (issue 16 item 14): an untrusted client's own request id is kept in both logs, covered by
+/// their hashes; records without one hash as they did before the column existed.
+#[tokio::test]
+async fn f2_a_client_request_id_is_stored_and_covered_by_both_chains() {
+    let f = fixture();
+    let (journal, task) = open(&f, options());
+    let client_id = RequestId::parse("client-chosen.1").unwrap();
+    let mut entry = ledger_entry(A);
+    entry.call.client_request_id = Some(client_id.clone());
+    journal.append(entry).await.unwrap();
+    let mut decision = decision_entry(
+        A,
+        "alice",
+        "storage:GetObject",
+        Verdict::Allow,
+        at(2026, 3, 15),
+    );
+    decision.client_request_id = Some(client_id);
+    journal.append(decision).await.unwrap();
+    journal.shutdown().await.unwrap();
+    task.wait().await;
+    assert_eq!(verify_ledger(&f.db).unwrap().records, 1);
+    assert_eq!(verify_decisions(&f.db).unwrap().records, 1);
+    let conn = f.db.connect().unwrap();
+    for table in ["ledger", "decisions"] {
+        let stored: Option<String> = conn
+            .query_row(
+                &format!("SELECT client_request_id FROM {table} WHERE seq = 1"),
+                params![],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored.as_deref(), Some("client-chosen.1"), "{table}");
+    }
+    tamper(
+        &f.db,
+        "UPDATE ledger SET client_request_id = 'someone-else' WHERE seq = 1;
+         UPDATE decisions SET client_request_id = NULL WHERE seq = 1;",
+    );
+    assert_eq!(ledger_break(&f), ChainBreak::Altered { seq: 1 });
+    assert_eq!(decisions_break(&f), ChainBreak::Altered { seq: 1 });
 }
