@@ -5,7 +5,8 @@
 //!
 //! hyper 1.x already frames a message that has both length headers by `Transfer-Encoding`
 //! alone, drops the `Content-Length` and closes the connection after answering (RFC 9112 §6.1),
-//! so the length check here is a second line that holds if that ever changes.
+//! so the length check here does not fire today: it is kept as belt and braces, a second line
+//! that holds if that ever changes (docs/hardening.md, "Security review", item 17).
 //!
 //! Each of these is a way for two HTTP implementations to read one message differently
 //! (request smuggling, host confusion), so each is refused, never repaired.

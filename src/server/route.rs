@@ -237,6 +237,34 @@ upstream = "http://127.0.0.1:1"
     }
 
     #[test]
+    fn case_insensitive_services_match_folded_paths_against_folded_patterns() {
+        let mut config = Config::parse(
+            r#"
+[[services]]
+name = "storage"
+upstream = "http://127.0.0.1:1"
+case_insensitive_paths = true
+  [[services.routes]]
+  method = "GET"
+  path = "/Objects/*"
+  action = "storage:GetObject"
+"#,
+        )
+        .unwrap_or_else(|p| panic!("{p:?}"));
+        let t = RouteTable::compile(&config).unwrap_or_else(|e| panic!("{e}"));
+        // The pipeline folds the request path (`path::fold_case`) before routing.
+        assert_eq!(
+            action(&t, "GET", "/objects/a").as_deref(),
+            Some("storage:GetObject")
+        );
+        for service in &mut config.services {
+            service.case_insensitive_paths = false;
+        }
+        let t = RouteTable::compile(&config).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(action(&t, "GET", "/objects/a"), None, "case-sensitive");
+    }
+
+    #[test]
     fn literal_and_wildcards() {
         let t = table();
         assert_eq!(

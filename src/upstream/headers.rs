@@ -198,6 +198,34 @@ mod tests {
     }
 
     #[test]
+    fn underscore_and_override_headers_are_removed_from_any_peer() {
+        for trusted in [false, true] {
+            let mut h = map(&[
+                ("x_tollgate_account", "999999999999"),
+                ("my_header", "1"),
+                ("x-http-method-override", "DELETE"),
+                ("x-original-url", "/admin"),
+                ("forwarded", "for=1.2.3.4"),
+                ("true-client-ip", "1.2.3.4"),
+                ("x-kept", "1"),
+            ]);
+            to_upstream(
+                &mut h,
+                "127.0.0.1".parse().unwrap_or_else(|e| panic!("{e}")),
+                trusted,
+            );
+            for gone in OVERRIDES
+                .iter()
+                .copied()
+                .chain(["x_tollgate_account", "my_header"])
+            {
+                assert!(!h.contains_key(gone), "{gone} (trusted: {trusted})");
+            }
+            assert!(h.contains_key("x-kept"));
+        }
+    }
+
+    #[test]
     fn trusted_peer_extends_the_chain() {
         let mut h = map(&[
             ("x-forwarded-for", "1.1.1.1"),
