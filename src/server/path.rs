@@ -72,8 +72,8 @@ pub fn canonicalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
                     canonical.push(char::from(value));
                 } else {
                     canonical.push('%');
-                    canonical.push(char::from(HEX_UPPER[usize::from(hi)]));
-                    canonical.push(char::from(HEX_UPPER[usize::from(lo)]));
+                    canonical.push(char::from(hex_digit_upper(hi)));
+                    canonical.push(char::from(hex_digit_upper(lo)));
                 }
                 i += 3;
             }
@@ -156,7 +156,14 @@ pub fn fold_case(canonical: &str) -> Cow<'_, str> {
     }
 }
 
-const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+/// The upper-case hex digit of a nibble (`value` < 16).
+fn hex_digit_upper(value: u8) -> u8 {
+    if value < 10 {
+        b'0' + value
+    } else {
+        b'A' + (value - 10)
+    }
+}
 
 /// RFC 3986 §2.3, minus `.`: an encoded dot is refused, never decoded.
 fn is_unreserved(b: u8) -> bool {
