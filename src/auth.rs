@@ -34,6 +34,7 @@
 //! `Debug` is redacted.
 
 pub mod access_key;
+pub mod client_address;
 pub mod keys;
 pub mod lockout;
 pub mod password;
@@ -43,9 +44,10 @@ pub mod token;
 pub mod totp;
 
 pub use access_key::{AccessKeyError, AccessKeyId, AccessKeySecretHash};
+pub use client_address::ClientAddress;
 pub use keys::{ActiveKey, KeyError, KeyRing, Kid};
-pub use lockout::LoginAttempts;
-pub use password::{PasswordError, PasswordHash, PasswordHasher};
+pub use lockout::{AddressAttempts, Lock, LoginAttempts, LoginSubject};
+pub use password::{Lane, PasswordError, PasswordHash, PasswordHasher, QueueLimits, Requester};
 pub use password_policy::{
     PasswordPolicy, PasswordPolicyError, PasswordPolicyParams, PasswordPolicyRequest,
     PasswordPolicyViolation, PasswordRule,
