@@ -79,6 +79,8 @@ pub async fn login(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Re
     let ip = req.client_ip(app);
     let address = ClientAddress::new(ip);
     let body: LoginRequest = req.json(app).await?;
+    // A full password queue refuses before any store work: a flood's refused logins are cheap.
+    app.hasher.check_room(Requester::login(ip))?;
     let password = Secret::new(body.password);
     let now = app.clock.now();
     let subject = LoginSubject::new(&body.account_id, &body.user);

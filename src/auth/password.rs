@@ -327,6 +327,26 @@ impl PasswordHasher {
         .await
     }
 
+    /// Whether `requester` would be queued now; refuses as a full queue would. A caller checks
+    /// this before any other work for a request that will need hashing, so that a refused
+    /// request costs next to nothing (the queue may still be full by the time it submits).
+    pub fn check_room(&self, requester: Requester) -> Result<(), PasswordError> {
+        let lanes = self.shared.queue.lock();
+        let lane = match requester.lane {
+            Lane::Login => &lanes.login,
+            Lane::Account => &lanes.account,
+        };
+        if lane.has_room(requester.address, self.shared.limits) {
+            return Ok(());
+        }
+        let waiting = lane.len;
+        drop(lanes);
+        self.shared.rejections.inc();
+        Err(PasswordError::Busy {
+            retry_after_secs: self.shared.retry_after(requester.lane, waiting),
+        })
+    }
+
     /// How long a login's password check takes now, queueing included (a moving average):
     /// what an answer that skips the check waits, so that it takes as long (U4).
     pub fn typical_login_check(&self) -> Duration {
@@ -439,19 +459,24 @@ impl FairQueue {
     /// Queues `job` for `address`, or gives it back when the lane or the address's share is
     /// full.
     fn push(&mut self, address: ClientAddress, job: Job, limits: QueueLimits) -> Result<(), Job> {
-        if self.len >= limits.capacity {
+        if !self.has_room(address, limits) {
             return Err(job);
         }
         let waiting = self.waiting.entry(address).or_default();
-        if waiting.len() >= limits.per_address {
-            return Err(job);
-        }
         if waiting.is_empty() {
             self.turns.push_back(address);
         }
         waiting.push_back(job);
         self.len += 1;
         Ok(())
+    }
+
+    fn has_room(&self, address: ClientAddress, limits: QueueLimits) -> bool {
+        self.len < limits.capacity
+            && self
+                .waiting
+                .get(&address)
+                .is_none_or(|waiting| waiting.len() < limits.per_address)
     }
 
     /// The next address's oldest job; that address goes to the back of the line.

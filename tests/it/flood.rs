@@ -179,10 +179,11 @@ async fn u4_a_second_address_is_served_while_the_first_floods() {
     let during = flood.hashed() - before;
     flood.stop().await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    // Served in turn with the flooding address, not behind everything it queued (first come,
-    // first served hashed ~100 flood logins first).
+    // Served in turn with the flooding address, not behind everything it queued: first come,
+    // first served hashed ~100 flood logins first. What the count allows is the flood's hashing
+    // that goes on while this login does its own store calls (slower on PostgreSQL).
     assert!(
-        during <= 6,
+        during <= 20,
         "{during} flood logins were hashed while the second address waited"
     );
 }
@@ -205,8 +206,11 @@ async fn u4_a_password_change_is_served_while_logins_flood() {
     let during = flood.hashed() - before;
     flood.stop().await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    // First come, first served: ~200 (the old password's check and the new hash each waited
+    // behind ~100 flood logins). The change hashes on its own thread while the flood hashes on
+    // the login thread, so the count is the flood's pace during the change's own work.
     assert!(
-        during <= 10,
+        during <= 30,
         "{during} flood logins were hashed while the password change waited"
     );
 }
