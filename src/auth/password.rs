@@ -350,7 +350,17 @@ impl PasswordHasher {
     /// How long a login's password check takes now, queueing included (a moving average):
     /// what an answer that skips the check waits, so that it takes as long (U4).
     pub fn typical_login_check(&self) -> Duration {
-        Duration::from_nanos(self.shared.login_wait_nanos.load(Ordering::Relaxed))
+        let measured = self.shared.login_wait_nanos.load(Ordering::Relaxed);
+        if measured > 0 {
+            return Duration::from_nanos(measured);
+        }
+        // No login checked yet since start (a lock from before a restart): one job's time.
+        Duration::from_nanos(
+            self.shared
+                .job_nanos
+                .load(Ordering::Relaxed)
+                .max(15_000_000),
+        )
     }
 
     async fn run<T: Send + 'static>(
