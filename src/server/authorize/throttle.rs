@@ -14,7 +14,7 @@
 //! change nothing) are dropped. Time comes from the caller (the injected clock).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
@@ -128,9 +128,7 @@ impl DenyThrottle {
         reason = "the index is taken modulo the array's length"
     )]
     fn shard(&self, principal: &PrincipalKey) -> &Mutex<HashMap<PrincipalKey, Bucket>> {
-        let mut hasher = self.hasher.build_hasher();
-        principal.hash(&mut hasher);
-        &self.shards[(hasher.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(principal) as usize) % SHARDS]
     }
 }
 
