@@ -306,6 +306,11 @@ impl ApiRequest {
         })
     }
 
+    /// The client's address as policies see it (`authn::client_ip`).
+    pub fn client_ip(&self, app: &App) -> std::net::IpAddr {
+        crate::server::authn::client_ip(app, &self.headers, self.peer)
+    }
+
     /// Reads and discards a body that must be empty or JSON we do not need.
     pub async fn discard_body(self, app: &App) -> Result<(), Rejection> {
         read_capped(self.body, app.config.server.max_api_body)

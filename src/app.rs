@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::journal::{Journal, JournalError, JournalTask};
 use crate::metrics::{Metrics, SharedMetrics, VersionLabels};
 use crate::org::OrgService;
+use crate::server::authorize::throttle::DenyThrottle;
 use crate::server::{self, route::RouteTable};
 use crate::store::StoreError;
 use crate::store::sql::SqlStore;
@@ -29,6 +30,8 @@ pub struct App {
     pub upstreams: Upstreams,
     pub metrics: SharedMetrics,
     pub hasher: PasswordHasher,
+    /// `[audit] deny_rate`: principals denied too often are refused before Cedar.
+    pub deny_throttle: DenyThrottle,
     pub tokens: TokenIssuer,
     pub policies: Arc<PolicyStore>,
     pub orgs: OrgService,
@@ -88,9 +91,13 @@ impl App {
             config.auth.audience.clone(),
             crate::config::chrono_duration(config.auth.token_ttl),
         );
-        let hasher = PasswordHasher::new(config.auth.argon2_concurrency);
         let routes = RouteTable::compile(&config).map_err(StartupError::Routes)?;
         let metrics = Arc::new(Metrics::new());
+        let hasher = PasswordHasher::new(
+            config.auth.argon2_concurrency,
+            config.auth.argon2_queue,
+            metrics.password_queue_rejections.clone(),
+        );
         // Every tree that is ever active is archived before a decision can name its version
         // (D3): the startup tree here, each reloaded one by the observer, before its swap.
         // Both touch the database: off the reactor.
@@ -113,6 +120,7 @@ impl App {
         )));
         // Turns on the store's caller cache: no store round trip per request for the caller.
         store.attach_spend_book(journal.spend_book());
+        let deny_throttle = DenyThrottle::new(config.audit.deny_rate);
         let app = App {
             config,
             clock,
@@ -121,6 +129,7 @@ impl App {
             upstreams: Upstreams::new(),
             metrics,
             hasher,
+            deny_throttle,
             tokens,
             policies: Arc::new(policies),
             orgs: OrgService::new(Arc::new(store.clone())),

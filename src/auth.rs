@@ -4,11 +4,14 @@
 //!
 //! # What is checked where
 //!
-//! - **Login** (U4, U5, U6): the caller loads the user's [`LoginAttempts`] and refuses while
-//!   [`LoginAttempts::is_locked`]; then [`PasswordHasher::verify`] (pass `None` for an unknown
-//!   account or user: it still costs one Argon2 verify and returns false); with MFA on,
-//!   [`totp::verify`] with the stored last step; then [`LoginAttempts::after_failure`] or
-//!   [`LoginAttempts::after_success`]. A management-account user without MFA gets
+//! - **Login** (U4, U5, U6): the caller loads the [`LoginAttempts`] of the [`LoginSubject`]
+//!   (the account and user as sent, whether they exist or not) from the client's
+//!   [`ClientAddress`], and refuses while [`LoginAttempts::is_locked`] (after waiting
+//!   [`PasswordHasher::typical_login_check`]); then [`PasswordHasher::verify`] with a login
+//!   [`Requester`] (pass `None` for an unknown account or user: it still costs one Argon2 verify
+//!   and returns false); with MFA on, [`totp::verify`] with the stored last step; then
+//!   [`LoginAttempts::after_failure`] or [`LoginAttempts::after_success`], as the store records
+//!   them. A management-account user without MFA gets
 //!   [`TokenIssuer::issue_mfa_enrollment`] instead of [`TokenIssuer::issue`].
 //! - **Password change** (U2): [`PasswordPolicy::effective`] (management floor), then
 //!   [`PasswordPolicy::check`], then [`PasswordHasher::is_reused`] against the history, then
@@ -25,15 +28,17 @@
 //!
 //! Per user: the [`PasswordHash`] PHC string, when it was changed, and the previous hashes
 //! (as many as `reuse_prevention`); the TOTP secret ([`TotpSecret::to_base32`]), whether MFA is
-//! on, and the last accepted TOTP step; the [`LoginAttempts`]; `tokens_valid_after`, set to the
+//! on, and the last accepted TOTP step; `tokens_valid_after`, set to the
 //! time of each password change; access keys as [`AccessKeyId`] + [`AccessKeySecretHash`].
-//! Per account: the [`PasswordPolicyParams`]. Globally: logged-out `jti`s until their `exp`.
+//! Per account: the [`PasswordPolicyParams`]. Globally: logged-out `jti`s until their `exp`,
+//! and the [`LoginAttempts`] per (subject, client address), bounded (`lockout`).
 //! Signing keys persist themselves under the directory given to [`KeyRing::open`].
 //!
 //! No password, secret, hash or token is ever logged: they travel as [`Secret`] or types whose
 //! `Debug` is redacted.
 
 pub mod access_key;
+pub mod client_address;
 pub mod keys;
 pub mod lockout;
 pub mod password;
@@ -43,9 +48,10 @@ pub mod token;
 pub mod totp;
 
 pub use access_key::{AccessKeyError, AccessKeyId, AccessKeySecretHash};
+pub use client_address::ClientAddress;
 pub use keys::{ActiveKey, KeyError, KeyRing, Kid};
-pub use lockout::LoginAttempts;
-pub use password::{PasswordError, PasswordHash, PasswordHasher};
+pub use lockout::{AddressAttempts, Lock, LoginAttempts, LoginSubject};
+pub use password::{Lane, PasswordError, PasswordHash, PasswordHasher, QueueLimits, Requester};
 pub use password_policy::{
     PasswordPolicy, PasswordPolicyError, PasswordPolicyParams, PasswordPolicyRequest,
     PasswordPolicyViolation, PasswordRule,

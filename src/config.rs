@@ -70,8 +70,11 @@ pub struct AuthConfig {
     pub identity_ttl: Duration,
     pub issuer: String,
     pub audience: String,
-    /// Concurrent Argon2id computations; a login flood queues behind this, forwarding does not.
+    /// Threads hashing for logins (one more hashes only for sign-ups and password changes);
+    /// a login flood queues behind these, forwarding does not.
     pub argon2_concurrency: usize,
+    /// Password work that may wait, per lane, and per client address within a lane.
+    pub argon2_queue: crate::auth::QueueLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -94,10 +97,19 @@ pub struct BillingConfig {
 
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
-    /// Decision records older than this may be pruned (`tollgate decisions prune`, and daily by
-    /// `serve`); `None` keeps them forever.
+    /// Decision records older than this are pruned (daily by `serve`, and by `tollgate
+    /// decisions prune`); 90 days unless configured, as CloudTrail's event history; `None`
+    /// (`retention = "forever"`) keeps them.
     pub retention: Option<Duration>,
+    /// Denied calls a second per principal before its calls are refused (429 `SlowDown`) ahead
+    /// of Cedar, without a decision record; 0 turns the throttle off.
+    pub deny_rate: u32,
 }
+
+/// The default `[audit] retention`: CloudTrail's event history keeps 90 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 86_400);
+/// The default `[audit] deny_rate`.
+pub const DEFAULT_DENY_RATE: u32 = 20;
 
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -301,6 +313,34 @@ impl Config {
                 }
                 None => 1,
             },
+            argon2_queue: {
+                let default = crate::auth::QueueLimits::default();
+                let capacity = match a.argon2_queue {
+                    Some(n) if (1..=100_000).contains(&n) => n,
+                    Some(_) => {
+                        p.push("auth.argon2_queue", "expected a number from 1 to 100000");
+                        default.capacity
+                    }
+                    None => default.capacity,
+                };
+                let per_address = match a.argon2_queue_per_address {
+                    Some(n) if (1..=capacity).contains(&n) => n,
+                    Some(_) => {
+                        p.push(
+                            "auth.argon2_queue_per_address",
+                            &format!(
+                                "expected a number from 1 to `auth.argon2_queue` ({capacity})"
+                            ),
+                        );
+                        default.per_address.min(capacity)
+                    }
+                    None => default.per_address.min(capacity),
+                };
+                crate::auth::QueueLimits {
+                    capacity,
+                    per_address,
+                }
+            },
         };
         if auth.token_ttl < Duration::from_secs(60) || auth.token_ttl > Duration::from_secs(86_400)
         {
@@ -323,11 +363,21 @@ impl Config {
         };
 
         let audit = AuditConfig {
-            retention: raw
-                .audit
-                .retention
-                .as_deref()
-                .and_then(|v| p.value("audit.retention", v, parse_duration)),
+            retention: match raw.audit.retention.as_deref() {
+                None => Some(DEFAULT_RETENTION),
+                Some("forever") => None,
+                Some(v) => p.value("audit.retention", v, parse_duration),
+            },
+            deny_rate: match raw.audit.deny_rate {
+                None => DEFAULT_DENY_RATE,
+                Some(n) => u32::try_from(n).unwrap_or_else(|_| {
+                    p.push(
+                        "audit.deny_rate",
+                        "expected a number from 0 (off) to 4294967295",
+                    );
+                    DEFAULT_DENY_RATE
+                }),
+            },
         };
         if audit
             .retention

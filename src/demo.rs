@@ -158,7 +158,10 @@ pub async fn ensure_world(app: &App) -> Result<DemoWorld, DemoError> {
     };
     let hash = app
         .hasher
-        .hash(&Secret::new(member_admin.password.clone()))
+        .hash(
+            &Secret::new(member_admin.password.clone()),
+            crate::auth::Requester::operator(),
+        )
         .await
         .map_err(|e| fail("hash", &e))?;
     let member = app
@@ -184,7 +187,10 @@ pub async fn ensure_world(app: &App) -> Result<DemoWorld, DemoError> {
     let dev = UserName::parse(&developer.user).map_err(|e| fail("user name", &e))?;
     let hash = app
         .hasher
-        .hash(&Secret::new(developer.password.clone()))
+        .hash(
+            &Secret::new(developer.password.clone()),
+            crate::auth::Requester::operator(),
+        )
         .await
         .map_err(|e| fail("hash", &e))?;
     app.store
@@ -265,7 +271,10 @@ async fn create_account(
     let owner = UserName::parse(&admin.user).map_err(|e| DemoError::Setup(e.to_string()))?;
     let hash = app
         .hasher
-        .hash(&Secret::new(admin.password.clone()))
+        .hash(
+            &Secret::new(admin.password.clone()),
+            crate::auth::Requester::operator(),
+        )
         .await
         .map_err(|e| DemoError::Setup(e.to_string()))?;
     app.store

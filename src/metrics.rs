@@ -57,6 +57,10 @@ pub struct Metrics {
     pub decision_records: Counter,
     pub login_failures: Counter,
     pub lockouts: Counter,
+    /// Password work refused because its lane or its address's share was full (issue 16.5).
+    pub password_queue_rejections: Counter,
+    /// Calls answered 429 before Cedar because their principal was past `[audit] deny_rate`.
+    pub denied_calls_throttled: Counter,
     pub inflight: Gauge,
 }
 
@@ -141,6 +145,18 @@ impl Metrics {
             "Users locked after repeated failures",
             lockouts.clone(),
         );
+        let password_queue_rejections = Counter::default();
+        registry.register(
+            "password_queue_rejections",
+            "Password checks and hashes refused with 429 SlowDown because the queue was full",
+            password_queue_rejections.clone(),
+        );
+        let denied_calls_throttled = Counter::default();
+        registry.register(
+            "denied_calls_throttled",
+            "Calls refused with 429 SlowDown before authorization: the principal was past [audit] deny_rate",
+            denied_calls_throttled.clone(),
+        );
         let inflight = Gauge::default();
         registry.register(
             "inflight_requests",
@@ -160,6 +176,8 @@ impl Metrics {
             decision_records,
             login_failures,
             lockouts,
+            password_queue_rejections,
+            denied_calls_throttled,
             inflight,
         }
     }

@@ -14,8 +14,8 @@ use crate::api::{self, ApiRequest};
 use crate::app::App;
 use crate::auth::access_key::MAX_ACCESS_KEYS_PER_USER;
 use crate::auth::{
-    AccessKeyId, PasswordPolicy, PasswordPolicyParams, PasswordPolicyRequest, Secret, TotpSecret,
-    access_key, totp,
+    AccessKeyId, ClientAddress, LoginSubject, PasswordPolicy, PasswordPolicyParams,
+    PasswordPolicyRequest, Requester, Secret, TotpSecret, access_key, totp,
 };
 use crate::authz::{Resource, TargetUser};
 use crate::body::Body;
@@ -119,8 +119,9 @@ pub async fn signup(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, R
             "this gateway does not take new accounts; ask its operator",
         ));
     }
+    let requester = Requester::account(req.client_ip(app));
     let body: NewAccountRequest = req.json(app).await?;
-    let new = body.check(app).await?;
+    let new = body.check(app, requester).await?;
     let (name, owner) = (new.name.clone(), new.owner.clone());
     let account_id = app.store.create_account(new, app.clock.now()).await?;
     tracing::info!(account = %account_id, "account created");
@@ -139,7 +140,11 @@ pub async fn signup(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, R
 impl NewAccountRequest {
     /// Checks every field and hashes the owner's password, which must meet the default policy
     /// (a new account has no policy of its own yet).
-    pub(crate) async fn check(self, app: &App) -> Result<NewAccount, Rejection> {
+    pub(crate) async fn check(
+        self,
+        app: &App,
+        requester: Requester,
+    ) -> Result<NewAccount, Rejection> {
         let name = self.name.trim().to_owned();
         if name.is_empty()
             || name.chars().count() > MAX_ACCOUNT_NAME
@@ -161,7 +166,7 @@ impl NewAccountRequest {
         let owner = UserName::parse(&self.owner_user).map_err(|e| invalid_input(e.to_string()))?;
         let password = Secret::new(self.owner_password);
         PasswordPolicy::default().check(password.expose())?;
-        let owner_password = app.hasher.hash(&password).await?;
+        let owner_password = app.hasher.hash(&password, requester).await?;
         Ok(NewAccount {
             name,
             email,
@@ -209,13 +214,14 @@ pub async fn create_user(
 ) -> Result<Response<Body>, Rejection> {
     let (caller, account) =
         api::caller_on_own_account(app, &req, account, "iam:CreateUser").await?;
+    let requester = Requester::account(req.client_ip(app));
     let body: CreateUserRequest = req.json(app).await?;
     let user = UserName::parse(&body.user).map_err(|e| invalid_input(e.to_string()))?;
     let password = Secret::new(body.password);
     effective_policy(app, &account, caller.is_management_account())
         .await?
         .check(password.expose())?;
-    let hash = app.hasher.hash(&password).await?;
+    let hash = app.hasher.hash(&password, requester).await?;
     let now = app.clock.now();
     match app.store.create_user(&account, &user, hash, now).await {
         Ok(()) => {}
@@ -266,6 +272,8 @@ pub async fn change_password(
         ));
     }
     authorize_on_user(app, &caller, "iam:UpdatePassword", &target, &req)?;
+    let ip = req.client_ip(app);
+    let requester = Requester::account(ip);
     let body: ChangePasswordRequest = req.json(app).await?;
     let new_password = Secret::new(body.new_password);
     if is_self {
@@ -277,11 +285,18 @@ pub async fn change_password(
         // A wrong old password is a failed password attempt like a failed login (U4): a
         // stolen token must not buy unlimited guesses at the password through this endpoint.
         let now = app.clock.now();
-        if target.attempts.is_locked(now) {
-            return Err(crate::api::auth::locked(target.attempts, now));
+        let subject = LoginSubject::of(&account, &target.name);
+        let address = ClientAddress::new(ip);
+        let attempts = app.store.login_attempts(&subject, address, now).await?;
+        if attempts.is_locked(now) {
+            return Err(crate::api::auth::locked(attempts, now));
         }
-        if !app.hasher.verify(&old, Some(&target.password_hash)).await {
-            let rejection = crate::api::auth::failed_attempt(app, &target, now).await?;
+        let matched = app
+            .hasher
+            .verify(&old, Some(&target.password_hash), requester)
+            .await?;
+        if !matched {
+            let rejection = crate::api::auth::failed_attempt(app, &subject, address, now).await?;
             if rejection.code == "UserLocked" {
                 return Err(rejection);
             }
@@ -299,7 +314,11 @@ pub async fn change_password(
         let mut recent = vec![target.password_hash.clone()];
         recent.extend(app.store.password_history(&account, &target.name).await?);
         recent.truncate(keep);
-        if app.hasher.is_reused(&new_password, &recent).await? {
+        if app
+            .hasher
+            .is_reused(&new_password, &recent, requester)
+            .await?
+        {
             return Err(Rejection::bad_request(
                 "PasswordPolicyViolation",
                 format!(
@@ -308,7 +327,7 @@ pub async fn change_password(
             ));
         }
     }
-    let hash = app.hasher.hash(&new_password).await?;
+    let hash = app.hasher.hash(&new_password, requester).await?;
     app.store
         .change_password(&account, &target.name, hash, app.clock.now(), keep.max(1))
         .await?;

@@ -3,7 +3,10 @@
 //!
 //! Login answers the same 401 `InvalidCredentials` for an unknown account, an unknown user and a
 //! wrong password, and spends one Argon2 verification in each case, so neither the answer nor
-//! its timing tells them apart.
+//! its timing tells them apart. Failures are counted per (user as sent, client address) in the
+//! store, for unknown users too (`auth::lockout`); a locked answer skips the verification and
+//! waits instead, as long as a verification takes now, so it costs the same time as any other
+//! without filling the password queue.
 
 use std::sync::Arc;
 
@@ -13,7 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{self, ApiRequest};
 use crate::app::App;
-use crate::auth::{AccessKeyId, IssuedToken, LoginAttempts, Secret, TotpSecret, access_key, totp};
+use crate::auth::{
+    AccessKeyId, ClientAddress, IssuedToken, Lock, LoginAttempts, LoginSubject, Requester, Secret,
+    TotpSecret, access_key, totp,
+};
 use crate::body::Body;
 use crate::ids::{AccountId, UserName};
 use crate::server::authn::{self, Allow};
@@ -68,10 +74,16 @@ pub fn jwks(app: &Arc<App>) -> Result<Response<Body>, Rejection> {
 
 /// `POST /auth/login` (U4, U5, U6).
 pub async fn login(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Rejection> {
+    let started = tokio::time::Instant::now();
     let request_id = req.request_id.clone();
+    let ip = req.client_ip(app);
+    let address = ClientAddress::new(ip);
     let body: LoginRequest = req.json(app).await?;
+    // A full password queue refuses before any store work: a flood's refused logins are cheap.
+    app.hasher.check_room(Requester::login(ip))?;
     let password = Secret::new(body.password);
     let now = app.clock.now();
+    let subject = LoginSubject::new(&body.account_id, &body.user);
 
     let ids = AccountId::parse(&body.account_id)
         .ok()
@@ -80,33 +92,30 @@ pub async fn login(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Re
         Some((account, user)) => app.store.user(account, user).await?,
         None => None,
     };
-    let Some(user) = user else {
-        // Unknown account or user: the same work and the same answer as a wrong password.
-        app.hasher.verify(&password, None).await;
-        app.metrics.login_failures.inc();
-        return Err(invalid_credentials());
-    };
-    if user.attempts.is_locked(now) {
-        return Err(locked(user.attempts, now));
+    let attempts = app.store.login_attempts(&subject, address, now).await?;
+    if attempts.is_locked(now) {
+        // As long as a password check would have taken: by waiting, not hashing (U4).
+        tokio::time::sleep_until(started + app.hasher.typical_login_check()).await;
+        return Err(locked(attempts, now));
     }
-    if !app
+    // Unknown account or user: the same work (a dummy hash) and the same answer.
+    let matched = app
         .hasher
-        .verify(&password, Some(&user.password_hash))
-        .await
-    {
-        return Err(failed_attempt(app, &user, now).await?);
+        .verify(
+            &password,
+            user.as_ref().map(|u| &u.password_hash),
+            Requester::login(ip),
+        )
+        .await?;
+    let Some(user) = user.filter(|_| matched) else {
+        return Err(failed_attempt(app, &subject, address, now).await?);
+    };
+    // Failures racing this login may have locked it while the password was checked: look
+    // again, so a burst of parallel guesses gets no more answers than a lock allows.
+    let fresh = app.store.login_attempts(&subject, address, now).await?;
+    if fresh.is_locked(now) {
+        return Err(locked(fresh, now));
     }
-    // Failures racing this login may have locked the user while the password was checked:
-    // look again, so a burst of parallel guesses gets no more answers than a lock allows.
-    let fresh = app
-        .store
-        .user(&user.account_id, &user.name)
-        .await?
-        .ok_or_else(invalid_credentials)?;
-    if fresh.attempts.is_locked(now) {
-        return Err(locked(fresh.attempts, now));
-    }
-    let user = fresh;
 
     let mfa = match &user.mfa {
         MfaState::On { secret, last_step } => {
@@ -127,7 +136,7 @@ pub async fn login(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Re
                 Err(_) => false,
             };
             if !accepted {
-                let rejection = failed_attempt(app, &user, now).await?;
+                let rejection = failed_attempt(app, &subject, address, now).await?;
                 if rejection.code == "UserLocked" {
                     return Err(rejection);
                 }
@@ -140,7 +149,7 @@ pub async fn login(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Re
     // Clears the count, unless a racing failure locked the user in the meantime.
     let attempts = app
         .store
-        .record_login_success(&user.account_id, &user.name, now)
+        .record_login_success(&subject, address, now)
         .await?;
     if attempts.is_locked(now) {
         return Err(locked(attempts, now));
@@ -245,22 +254,33 @@ async fn password_expired(
     Ok(policy.is_expired(user.password_changed_at, now))
 }
 
-/// Counts a failed attempt; the fifth in a row locks the user. Counted in the store against
-/// the state at that moment, so concurrent failures all count. The answer is 401
-/// `InvalidCredentials`, or 429 `UserLocked` once the user is locked.
+/// Counts a failed attempt of `subject` from `address` (U4): the fifth in a row from one
+/// address locks that address out, the fiftieth within 15 minutes from anywhere locks the user.
+/// Counted in the store against the state at that moment, so concurrent failures all count.
+/// The answer is 401 `InvalidCredentials`, or 429 `UserLocked` once locked.
 pub(crate) async fn failed_attempt(
     app: &App,
-    user: &UserRecord,
+    subject: &LoginSubject,
+    address: ClientAddress,
     now: DateTime<Utc>,
 ) -> Result<Rejection, Rejection> {
     app.metrics.login_failures.inc();
     let recorded = app
         .store
-        .record_login_failure(&user.account_id, &user.name, now)
+        .record_login_failure(subject, address, now)
         .await?;
-    if recorded.locked_the_user(now) {
+    if recorded.engaged_a_lock(now) {
         app.metrics.lockouts.inc();
-        tracing::warn!(account = %user.account_id, user = %user.name, "user locked after repeated login failures");
+        match recorded.after.lock(now) {
+            Some(Lock::User { .. }) => tracing::warn!(
+                %address,
+                "a user (or a name that is no user) is locked for every address after repeated login failures"
+            ),
+            _ => tracing::warn!(
+                %address,
+                "an address is locked out of a user (or a name that is no user) after repeated login failures"
+            ),
+        }
     }
     if recorded.after.is_locked(now) {
         return Ok(locked(recorded.after, now));
@@ -304,15 +324,19 @@ fn invalid_mfa_code() -> Rejection {
 }
 
 pub(crate) fn locked(attempts: LoginAttempts, now: DateTime<Utc>) -> Rejection {
-    let until = attempts.locked_until.unwrap_or(now);
-    let mut rejection = Rejection::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "UserLocked",
-        format!(
-            "too many failed logins: the user is locked until {}; try again then",
+    let lock = attempts.lock(now);
+    let until = lock.map_or(now, |l| l.until());
+    let message = match lock {
+        Some(Lock::User { .. }) => format!(
+            "too many failed logins for this user: it is locked until {}; try again then",
             rfc3339(until)
         ),
-    );
+        _ => format!(
+            "too many failed logins for this user from your address: locked until {}; try again then",
+            rfc3339(until)
+        ),
+    };
+    let mut rejection = Rejection::new(StatusCode::TOO_MANY_REQUESTS, "UserLocked", message);
     rejection.retry_after_secs = Some((until - now).num_seconds().max(1) as u64);
     rejection
 }

@@ -147,8 +147,9 @@ pub async fn delete(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, R
 /// owner's password meets the default policy, the new account's policy until it sets one.
 pub async fn create_account(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Rejection> {
     let caller = authorized(app, &req, "org:CreateAccount").await?;
+    let requester = crate::auth::Requester::account(req.client_ip(app));
     let body: NewAccountRequest = req.json(app).await?;
-    let new = body.check(app).await?;
+    let new = body.check(app, requester).await?;
     let owner = new.owner.clone();
     let member = app
         .orgs

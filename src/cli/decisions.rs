@@ -333,7 +333,7 @@ fn prune(args: &PruneArgs) -> u8 {
         (None, Some(d)) => d,
         (None, None) => {
             eprintln!(
-                "tollgate: give --older-than (e.g. 90d) or set `[audit] retention` in the config"
+                "tollgate: `[audit] retention` is \"forever\" in the config: give --older-than (e.g. 90d) to prune anyway"
             );
             return exit::USAGE;
         }

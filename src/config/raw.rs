@@ -51,6 +51,8 @@ pub struct RawAuth {
     pub audience: Option<String>,
     pub identity_ttl: Option<String>,
     pub argon2_concurrency: Option<usize>,
+    pub argon2_queue: Option<usize>,
+    pub argon2_queue_per_address: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +78,7 @@ pub struct RawBilling {
 #[serde(default)]
 pub struct RawAudit {
     pub retention: Option<String>,
+    pub deny_rate: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -147,9 +147,16 @@ fn duplicate_service_names_are_refused() {
 }
 
 #[test]
-fn audit_retention_is_a_duration_of_at_least_a_day() {
+fn d5_audit_retention_is_90_days_by_default_and_at_least_a_day() {
     let config = Config::parse(MINIMAL).unwrap_or_else(|p| panic!("{p:?}"));
-    assert_eq!(config.audit.retention, None, "kept forever by default");
+    assert_eq!(
+        config.audit.retention,
+        Some(Duration::from_secs(90 * 86_400)),
+        "90 days by default, as CloudTrail's event history"
+    );
+    let config = Config::parse(&format!("[audit]\nretention = \"forever\"\n{MINIMAL}"))
+        .unwrap_or_else(|p| panic!("{p:?}"));
+    assert_eq!(config.audit.retention, None, "kept forever when asked");
     let config = Config::parse(&format!("[audit]\nretention = \"90d\"\n{MINIMAL}"))
         .unwrap_or_else(|p| panic!("{p:?}"));
     assert_eq!(
@@ -162,6 +169,30 @@ fn audit_retention_is_a_duration_of_at_least_a_day() {
     }
     let p = problems(&format!("[audit]\nretain = \"90d\"\n{MINIMAL}"));
     assert_eq!(keys(&p), ["audit.retain"]);
+}
+
+#[test]
+fn d1_audit_deny_rate_is_20_by_default_and_0_turns_it_off() {
+    let config = Config::parse(MINIMAL).unwrap_or_else(|p| panic!("{p:?}"));
+    assert_eq!(config.audit.deny_rate, 20);
+    let config = Config::parse(&format!("[audit]\ndeny_rate = 0\n{MINIMAL}"))
+        .unwrap_or_else(|p| panic!("{p:?}"));
+    assert_eq!(config.audit.deny_rate, 0);
+    let p = problems(&format!("[audit]\ndeny_rate = -1\n{MINIMAL}"));
+    assert_eq!(keys(&p), ["audit.deny_rate"]);
+}
+
+#[test]
+fn u4_the_password_queue_limits_have_defaults_and_ranges() {
+    let config = Config::parse(MINIMAL).unwrap_or_else(|p| panic!("{p:?}"));
+    assert_eq!(config.auth.argon2_queue.capacity, 64);
+    assert_eq!(config.auth.argon2_queue.per_address, 8);
+    let p = problems(&format!(
+        "[auth]\nargon2_queue = 4\nargon2_queue_per_address = 5\n{MINIMAL}"
+    ));
+    assert_eq!(keys(&p), ["auth.argon2_queue_per_address"]);
+    let p = problems(&format!("[auth]\nargon2_queue = 0\n{MINIMAL}"));
+    assert_eq!(keys(&p), ["auth.argon2_queue"]);
 }
 
 /// Property tests: no input makes config parsing panic, problems are always named, and sizes

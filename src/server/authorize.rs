@@ -1,5 +1,9 @@
 //! May they: one Cedar decision per call, from one policy snapshot read once (P1–P3a), and the
-//! 403 that carries which tier denied. Every decision goes to the decision log.
+//! 403 that carries which tier denied. Every decision goes to the decision log. Before Cedar,
+//! the deny throttle ([`throttle`], `[audit] deny_rate`): a principal denied too often is
+//! answered 429 `SlowDown` without a decision or a record.
+
+pub mod throttle;
 
 use http::StatusCode;
 
@@ -23,6 +27,24 @@ pub struct Facts<'a> {
 /// The decision is queued for the decision log (D1); the response waits until it is durable
 /// (see `server::scope`). If the log cannot take it, the call is refused with 503.
 pub fn authorize(app: &App, caller: &Caller, facts: Facts<'_>) -> Result<Decision, Rejection> {
+    let user = &caller.principal.user;
+    let principal = throttle::PrincipalKey {
+        account: user.account_id.to_string(),
+        user: user.name.key(),
+    };
+    let now = app.clock.now();
+    if let Err(throttled) = app.deny_throttle.check(&principal, now) {
+        app.metrics.denied_calls_throttled.inc();
+        if throttled.first_in_window {
+            tracing::warn!(
+                account = %user.account_id,
+                user = %user.name,
+                deny_rate = app.config.audit.deny_rate,
+                "calls throttled: this principal is denied more than `deny_rate` times a second"
+            );
+        }
+        return Err(slow_down(throttled));
+    }
     let request = request_for(app, caller, facts);
     let snapshot = app.policies.load();
     let decision = snapshot.decide(&request);
@@ -38,8 +60,23 @@ pub fn authorize(app: &App, caller: &Caller, facts: Facts<'_>) -> Result<Decisio
     if decision.is_allow() {
         Ok(decision)
     } else {
+        app.deny_throttle.denied(&principal, now);
         Err(denied(caller, &request.action, decision.denied_by))
     }
+}
+
+/// 429 for a principal past `[audit] deny_rate`.
+fn slow_down(throttled: throttle::Throttled) -> Rejection {
+    let mut rejection = Rejection::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "SlowDown",
+        format!(
+            "too many of your calls were denied in the last second; retry in {} s, and check what your policies allow",
+            throttled.retry_after_secs
+        ),
+    );
+    rejection.retry_after_secs = Some(throttled.retry_after_secs);
+    rejection
 }
 
 /// Queues the decision record and registers its acknowledgement with the request scope.

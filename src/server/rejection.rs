@@ -229,6 +229,17 @@ impl From<crate::auth::PasswordError> for Rejection {
         use crate::auth::PasswordError;
         match e {
             PasswordError::TooLong => Rejection::bad_request("InvalidInput", format!("{e}")),
+            PasswordError::Busy { retry_after_secs } => {
+                let mut r = Rejection::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "SlowDown",
+                    format!(
+                        "too many password checks are waiting, from your address or overall; retry in {retry_after_secs} s"
+                    ),
+                );
+                r.retry_after_secs = Some(retry_after_secs);
+                r
+            }
             _ => Rejection::internal(&e),
         }
     }

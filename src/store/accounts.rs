@@ -5,7 +5,8 @@
 use chrono::{DateTime, Utc};
 
 use crate::auth::{
-    AccessKeyId, AccessKeySecretHash, LoginAttempts, PasswordHash, PasswordPolicyParams,
+    AccessKeyId, AccessKeySecretHash, ClientAddress, LoginAttempts, LoginSubject, PasswordHash,
+    PasswordPolicyParams,
 };
 use crate::authz::OrgMembership;
 use crate::ids::{AccountId, GroupName, UserName};
@@ -50,7 +51,6 @@ pub struct UserRecord {
     pub password_hash: PasswordHash,
     pub password_changed_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
-    pub attempts: LoginAttempts,
     pub mfa: MfaState,
     pub tokens_valid_after: DateTime<Utc>,
 }
@@ -78,7 +78,7 @@ pub struct AccessKeyRecord {
     pub created_at: DateTime<Utc>,
 }
 
-/// A failed login as the store recorded it: the user's state just before and just after.
+/// A failed login as the store recorded it: the state just before and just after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordedFailure {
     pub before: LoginAttempts,
@@ -88,9 +88,9 @@ pub struct RecordedFailure {
 // === impl RecordedFailure ===
 
 impl RecordedFailure {
-    /// This failure is the one that locked the user (for the lockout metric and log line,
+    /// This failure is the one that engaged a lock (for the lockout metric and log line,
     /// which must count a lock once however many failures race into it).
-    pub fn locked_the_user(&self, now: DateTime<Utc>) -> bool {
+    pub fn engaged_a_lock(&self, now: DateTime<Utc>) -> bool {
         !self.before.is_locked(now) && self.after.is_locked(now)
     }
 }
@@ -150,22 +150,29 @@ pub trait AccountStore: Send + Sync {
         password: PasswordHash,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+    /// The login failures of `subject` (user or not) as seen from `address` at `now` (U4).
+    async fn login_attempts(
+        &self,
+        subject: &LoginSubject,
+        address: ClientAddress,
+        now: DateTime<Utc>,
+    ) -> Result<LoginAttempts, StoreError>;
     /// Counts a failed login at `now` ([`LoginAttempts::after_failure`]) against the state
     /// stored when the failure is recorded, not the one read before the password check, so
-    /// failures racing each other all count. Returns the new state.
+    /// failures racing each other (on any instance of a fleet) all count.
     async fn record_login_failure(
         &self,
-        account: &AccountId,
-        user: &UserName,
+        subject: &LoginSubject,
+        address: ClientAddress,
         now: DateTime<Utc>,
     ) -> Result<RecordedFailure, StoreError>;
-    /// Clears the failure count after a successful login, unless the user is locked at `now`
-    /// (a racing failure may have locked it while this login's password was being checked):
-    /// then nothing changes and the locked state is returned, and the login must be refused.
+    /// Clears the address's series after a successful login, unless a lock holds at `now` (a
+    /// racing failure may have locked while this login's password was being checked): then
+    /// nothing changes and the locked state is returned, and the login must be refused.
     async fn record_login_success(
         &self,
-        account: &AccountId,
-        user: &UserName,
+        subject: &LoginSubject,
+        address: ClientAddress,
         now: DateTime<Utc>,
     ) -> Result<LoginAttempts, StoreError>;
     /// Sets a new password, keeps the old one in the history (at most `keep` entries), and

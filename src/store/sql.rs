@@ -24,6 +24,7 @@
 //! instances write too, and every request reads its caller from the database.
 
 pub mod accounts;
+pub mod login;
 pub mod org;
 pub mod services;
 
@@ -285,6 +286,28 @@ const SQLITE_MIGRATIONS: &[&str] = &[
     // gateway's own id in both logs (F2). Hashed only when present (journal/ledger.rs).
     "ALTER TABLE ledger ADD COLUMN client_request_id TEXT;
      ALTER TABLE decisions ADD COLUMN client_request_id TEXT;",
+    // 6 (issue 16, item 8): login failures per (subject, client address), for existing and
+    // unknown users alike (src/store/sql/login.rs); the row with address `*` is the user-wide
+    // lock. A user locked before this migration stays locked for everyone until its lock ends.
+    // `users.failed_logins` and `users.locked_until` are no longer read.
+    "CREATE TABLE login_failures (
+        subject TEXT NOT NULL,
+        address TEXT NOT NULL,
+        failures INTEGER NOT NULL,
+        last_failure_at INTEGER NOT NULL,
+        locked_until INTEGER,
+        PRIMARY KEY (subject, address)
+     ) STRICT;
+     CREATE INDEX login_failures_last ON login_failures(last_failure_at);
+     CREATE TABLE login_failure_times (
+        subject TEXT NOT NULL,
+        at INTEGER NOT NULL
+     ) STRICT;
+     CREATE INDEX login_failure_times_subject ON login_failure_times(subject, at);
+     CREATE INDEX login_failure_times_at ON login_failure_times(at);
+     INSERT INTO login_failures (subject, address, failures, last_failure_at, locked_until)
+        SELECT account_id || '/' || name_key, '*', 0, locked_until - 900000, locked_until
+        FROM users WHERE locked_until IS NOT NULL;",
 ];
 
 /// The PostgreSQL schema, in the same numbering scheme as [`SQLITE_MIGRATIONS`] but its own
@@ -519,6 +542,25 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
     // gateway's own id in both logs (F2). Hashed only when present (journal/ledger.rs).
     "ALTER TABLE ledger ADD COLUMN client_request_id TEXT;
      ALTER TABLE decisions ADD COLUMN client_request_id TEXT;",
+    // 2: as SQLite migration 6 (login failures per subject and client address).
+    "CREATE TABLE login_failures (
+        subject TEXT NOT NULL,
+        address TEXT NOT NULL,
+        failures BIGINT NOT NULL,
+        last_failure_at BIGINT NOT NULL,
+        locked_until BIGINT,
+        PRIMARY KEY (subject, address)
+     );
+     CREATE INDEX login_failures_last ON login_failures(last_failure_at);
+     CREATE TABLE login_failure_times (
+        subject TEXT NOT NULL,
+        at BIGINT NOT NULL
+     );
+     CREATE INDEX login_failure_times_subject ON login_failure_times(subject, at);
+     CREATE INDEX login_failure_times_at ON login_failure_times(at);
+     INSERT INTO login_failures (subject, address, failures, last_failure_at, locked_until)
+        SELECT account_id || '/' || name_key, '*', 0, locked_until - 900000, locked_until
+        FROM users WHERE locked_until IS NOT NULL;",
 ];
 
 /// The store, on either database.
@@ -692,6 +734,26 @@ impl SqlStore {
                 }
                 result
             }
+            None => {
+                let mut conn = inner.db.connect()?;
+                f(&mut conn)
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    /// Like [`SqlStore::call`], but a write does not move the generation on: only for tables
+    /// that no cached answer is read from (the login failure counters, `login.rs`), so that a
+    /// flood of failed logins does not make every other request read its caller again.
+    pub async fn call_uncached<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || match &inner.conn {
+            Some(conn) => f(&mut conn.lock()),
             None => {
                 let mut conn = inner.db.connect()?;
                 f(&mut conn)

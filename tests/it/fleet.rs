@@ -311,3 +311,30 @@ async fn o3_a_gateway_whose_database_is_unreachable_does_not_start_and_says_wher
         "the error names the database and the problem: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o3_u4_an_unknown_user_is_counted_and_locked_across_the_fleet() {
+    let Some(f) = fleet("o3_u4_an_unknown_user_is_counted_and_locked_across_the_fleet").await
+    else {
+        return;
+    };
+    let acme = f.a.account("acme").await;
+    let login = |gw: &TestGateway| {
+        let body = json!({"account_id": acme.id, "user": "ghost", "password": "Wrong-pass-1!"});
+        let client = gw.client.clone();
+        async move { client.post_json("/auth/login", body).await }
+    };
+    for i in 0..4 {
+        let gw = if i % 2 == 0 { &f.a } else { &f.b };
+        let r = login(gw).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    }
+    // The fifth failure from this address, on A, locks it out of `ghost` on both instances,
+    // exactly as for a user that exists.
+    let r = login(&f.a).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert_eq!(r.error_code(), "UserLocked");
+    let r = login(&f.b).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert_eq!(r.error_code(), "UserLocked");
+}

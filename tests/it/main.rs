@@ -15,6 +15,7 @@ mod config_errors;
 mod decisions;
 mod demo;
 mod fleet;
+mod flood;
 mod forwarding;
 mod groups;
 mod hardening;

@@ -1,6 +1,25 @@
-//! Password hashing: parameters, dummy verify, length cap, reuse, the semaphore.
+//! Password hashing: parameters, dummy verify, length cap, reuse, the queue.
 
 use super::*;
+
+fn hasher(threads: usize) -> PasswordHasher {
+    PasswordHasher::new(threads, QueueLimits::default(), Default::default())
+}
+
+fn login() -> Requester {
+    Requester::login(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+fn account() -> Requester {
+    Requester::account(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+async fn verify(hasher: &PasswordHasher, password: &str, stored: Option<&PasswordHash>) -> bool {
+    hasher
+        .verify(&secret(password), stored, login())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
 
 fn secret(s: &str) -> Secret {
     Secret::new(s)
@@ -8,9 +27,9 @@ fn secret(s: &str) -> Secret {
 
 #[tokio::test]
 async fn hashes_are_argon2id_with_owasp_parameters_and_verify() {
-    let hasher = PasswordHasher::new(2);
+    let hasher = hasher(2);
     let hash = hasher
-        .hash(&secret("Correct-Horse-1"))
+        .hash(&secret("Correct-Horse-1"), account())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -18,11 +37,11 @@ async fn hashes_are_argon2id_with_owasp_parameters_and_verify() {
         "{}",
         hash.as_str()
     );
-    assert!(hasher.verify(&secret("Correct-Horse-1"), Some(&hash)).await);
-    assert!(!hasher.verify(&secret("correct-Horse-1"), Some(&hash)).await);
+    assert!(verify(&hasher, "Correct-Horse-1", Some(&hash)).await);
+    assert!(!verify(&hasher, "correct-Horse-1", Some(&hash)).await);
     // Same password, fresh salt: a different string.
     let again = hasher
-        .hash(&secret("Correct-Horse-1"))
+        .hash(&secret("Correct-Horse-1"), account())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_ne!(hash, again);
@@ -31,50 +50,55 @@ async fn hashes_are_argon2id_with_owasp_parameters_and_verify() {
 
 #[tokio::test]
 async fn unknown_user_is_verified_against_a_dummy_and_refused() {
-    let hasher = PasswordHasher::new(1);
-    assert!(hasher.dummy.get().is_none());
-    assert!(!hasher.verify(&secret("anything"), None).await);
+    let hasher = hasher(1);
+    assert!(!verify(&hasher, "anything", None).await);
     // The dummy was computed, and is reused rather than recomputed.
-    let first = hasher.dummy.get().cloned();
+    let first = hasher.shared.dummy.get().cloned();
     assert!(first.is_some());
-    assert!(!hasher.verify(&secret("anything"), None).await);
-    assert_eq!(hasher.dummy.get().cloned(), first);
+    assert!(!verify(&hasher, "anything", None).await);
+    assert_eq!(hasher.shared.dummy.get().cloned(), first);
 }
 
 #[tokio::test]
 async fn passwords_over_256_bytes_are_refused() {
-    let hasher = PasswordHasher::new(1);
+    let hasher = hasher(1);
     let long = "a".repeat(MAX_PASSWORD_BYTES + 1);
     assert!(matches!(
-        hasher.hash(&secret(&long)).await,
+        hasher.hash(&secret(&long), account()).await,
         Err(PasswordError::TooLong)
     ));
     let max = "a".repeat(MAX_PASSWORD_BYTES);
     let hash = hasher
-        .hash(&secret(&max))
+        .hash(&secret(&max), account())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(hasher.verify(&secret(&max), Some(&hash)).await);
-    assert!(!hasher.verify(&secret(&long), Some(&hash)).await);
+    assert!(verify(&hasher, &max, Some(&hash)).await);
+    assert!(!verify(&hasher, &long, Some(&hash)).await);
 }
 
 #[tokio::test]
 async fn reuse_is_detected_against_the_history() {
-    let hasher = PasswordHasher::new(2);
+    let hasher = hasher(2);
     let mut history = Vec::new();
     for p in ["Old-Pass-1", "Old-Pass-2"] {
         history.push(
             hasher
-                .hash(&secret(p))
+                .hash(&secret(p), account())
                 .await
                 .unwrap_or_else(|e| panic!("{e}")),
         );
     }
-    let reused = hasher.is_reused(&secret("Old-Pass-1"), &history).await;
+    let reused = hasher
+        .is_reused(&secret("Old-Pass-1"), &history, account())
+        .await;
     assert!(reused.unwrap_or_else(|e| panic!("{e}")));
-    let fresh = hasher.is_reused(&secret("New-Pass-3"), &history).await;
+    let fresh = hasher
+        .is_reused(&secret("New-Pass-3"), &history, account())
+        .await;
     assert!(!fresh.unwrap_or_else(|e| panic!("{e}")));
-    let empty = hasher.is_reused(&secret("Old-Pass-1"), &[]).await;
+    let empty = hasher
+        .is_reused(&secret("Old-Pass-1"), &[], account())
+        .await;
     assert!(!empty.unwrap_or_else(|e| panic!("{e}")));
 }
 
@@ -91,28 +115,85 @@ fn stored_hashes_must_be_argon2id_phc_strings() {
     );
 }
 
-#[tokio::test]
-async fn hashing_waits_for_a_permit() {
-    let hasher = PasswordHasher::new(1);
-    let held = hasher
-        .permits
-        .clone()
-        .acquire_owned()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let password = secret("Pass-word-1");
-    let waiting = tokio::time::timeout(
-        std::time::Duration::from_millis(300),
-        hasher.hash(&password),
-    )
-    .await;
-    assert!(waiting.is_err(), "hash ran without a permit");
-    drop(held);
-    assert!(hasher.hash(&password).await.is_ok());
+fn job() -> Job {
+    Box::new(|_: &Shared| {})
+}
+
+fn address(last: u8) -> ClientAddress {
+    ClientAddress::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, last)))
+}
+
+#[test]
+fn u4_the_queue_serves_addresses_in_turn_and_bounds_each() {
+    let limits = QueueLimits {
+        capacity: 6,
+        per_address: 3,
+    };
+    let mut queue = FairQueue::default();
+    for _ in 0..3 {
+        assert!(queue.push(address(1), job(), limits).is_ok());
+    }
+    assert!(
+        queue.push(address(1), job(), limits).is_err(),
+        "one address holds at most its share"
+    );
+    assert!(queue.push(address(2), job(), limits).is_ok());
+    // Turns: 1, 2, then 1's remaining work.
+    assert_eq!(queue.turns.front(), Some(&address(1)));
+    assert!(queue.pop().is_some());
+    assert_eq!(queue.turns.front(), Some(&address(2)));
+    assert!(queue.pop().is_some());
+    assert_eq!(queue.turns.front(), Some(&address(1)));
+    assert_eq!(queue.len, 2);
+    for last in 3..7 {
+        let pushed = queue.push(address(last), job(), limits);
+        assert_eq!(pushed.is_ok(), queue.len < 6 || last < 7, "address {last}");
+    }
+    assert_eq!(queue.len, 6);
+    assert!(
+        queue.push(address(9), job(), limits).is_err(),
+        "the lane is full"
+    );
 }
 
 #[tokio::test]
-async fn a_zero_permit_count_still_makes_progress() {
-    let hasher = PasswordHasher::new(0);
-    assert!(hasher.hash(&secret("Pass-word-1")).await.is_ok());
+async fn u4_a_full_lane_refuses_at_once_with_a_retry_time() {
+    let limits = QueueLimits {
+        capacity: 1,
+        per_address: 1,
+    };
+    let hasher = PasswordHasher::new(1, limits, Default::default());
+    // Occupy the login thread and fill the lane.
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let blocker = tokio::spawn({
+        let hasher = hasher.clone();
+        async move {
+            hasher
+                .run(login(), move |_| {
+                    let _ = hold.recv();
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let queued = tokio::spawn({
+        let hasher = hasher.clone();
+        async move { hasher.verify(&secret("x"), None, login()).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    match hasher.verify(&secret("y"), None, login()).await {
+        Err(PasswordError::Busy { retry_after_secs }) => assert!(retry_after_secs >= 1),
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    // Account work has its own thread meanwhile.
+    assert!(hasher.hash(&secret("Pass-word-1"), account()).await.is_ok());
+    let _ = release.send(());
+    let _ = blocker.await;
+    assert!(matches!(queued.await, Ok(Ok(false))));
+}
+
+#[tokio::test]
+async fn a_zero_thread_count_still_makes_progress() {
+    let hasher = hasher(0);
+    assert!(hasher.hash(&secret("Pass-word-1"), login()).await.is_ok());
 }

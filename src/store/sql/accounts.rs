@@ -4,7 +4,8 @@ use crate::db::{Behavior, Conn, DbError, OptionalExtension, Row, Tx, params};
 use chrono::{DateTime, Utc};
 
 use crate::auth::{
-    AccessKeyId, AccessKeySecretHash, LoginAttempts, PasswordHash, PasswordPolicyParams,
+    AccessKeyId, AccessKeySecretHash, ClientAddress, LoginAttempts, LoginSubject, PasswordHash,
+    PasswordPolicyParams,
 };
 use crate::authz::{FeatureSet, OrgMembership};
 use crate::ids::{AccountId, GroupName, OrgId, UserName};
@@ -16,6 +17,8 @@ use crate::store::accounts::{
 
 use super::{SqlStore, from_ms, to_ms};
 
+/// `failed_logins` and `locked_until` are no longer read: login failures live in
+/// `login_failures` (see `login.rs`), keyed by what a login names, whether the user exists or not.
 const USER_COLUMNS: &str =
     "account_id, name, is_owner, password_hash, password_changed_at, created_at,
      failed_logins, locked_until, mfa_secret, mfa_enabled, mfa_last_step, tokens_valid_after";
@@ -90,10 +93,6 @@ fn user_from_row(row: &Row<'_>) -> Result<UserRecord, DbError> {
         password_hash: PasswordHash::from_phc(hash).map_err(|_| corrupt("password_hash"))?,
         password_changed_at: from_ms(row.get(4)?),
         created_at: from_ms(row.get(5)?),
-        attempts: LoginAttempts {
-            consecutive_failures: row.get::<i64>(6)? as u32,
-            locked_until: row.get::<Option<i64>>(7)?.map(from_ms),
-        },
         mfa,
         tokens_valid_after: from_ms(row.get(11)?),
     })
@@ -112,43 +111,6 @@ fn access_key_from_row(row: &Row<'_>) -> Result<AccessKeyRecord, DbError> {
         secret_hash: AccessKeySecretHash::from_hex(&hash).map_err(|_| corrupt("secret_hash"))?,
         created_at: from_ms(row.get(4)?),
     })
-}
-
-fn login_attempts(
-    tx: &Tx<'_>,
-    account: &AccountId,
-    key: &str,
-) -> Result<Option<LoginAttempts>, StoreError> {
-    Ok(tx
-        .query_row(
-            "SELECT failed_logins, locked_until FROM users WHERE account_id = ?1 AND name_key = ?2",
-            params![account.as_str(), key],
-            |r| {
-                Ok(LoginAttempts {
-                    consecutive_failures: u32::try_from(r.get::<i64>(0)?).unwrap_or(u32::MAX),
-                    locked_until: r.get::<Option<i64>>(1)?.map(from_ms),
-                })
-            },
-        )
-        .optional()?)
-}
-
-fn write_login_attempts(
-    tx: &Tx<'_>,
-    account: &AccountId,
-    key: &str,
-    attempts: LoginAttempts,
-) -> Result<(), StoreError> {
-    tx.execute(
-        "UPDATE users SET failed_logins = ?3, locked_until = ?4 WHERE account_id = ?1 AND name_key = ?2",
-        params![
-            account.as_str(),
-            key,
-            attempts.consecutive_failures,
-            attempts.locked_until.map(to_ms)
-        ],
-    )?;
-    Ok(())
 }
 
 /// The organization an account is in now: as a current member, or as a live organization's
@@ -399,50 +361,45 @@ impl AccountStore for SqlStore {
         .await
     }
 
+    async fn login_attempts(
+        &self,
+        subject: &LoginSubject,
+        address: ClientAddress,
+        now: DateTime<Utc>,
+    ) -> Result<LoginAttempts, StoreError> {
+        let subject = subject.clone();
+        self.call_uncached(move |conn| super::login::attempts(conn, &subject, address, now))
+            .await
+    }
+
     async fn record_login_failure(
         &self,
-        account: &AccountId,
-        user: &UserName,
+        subject: &LoginSubject,
+        address: ClientAddress,
         now: DateTime<Utc>,
     ) -> Result<RecordedFailure, StoreError> {
-        let (account, key) = (account.clone(), user.key());
-        self.call(move |conn| {
-            // IMMEDIATE: read and write under one write lock, so no failure is lost.
-            let tx = conn.transaction(Behavior::Immediate)?;
-            let before = login_attempts(&tx, &account, &key)?.unwrap_or_default();
-            let after = before.after_failure(now);
-            if after != before {
-                write_login_attempts(&tx, &account, &key, after)?;
-                tx.commit()?;
-            }
-            Ok(RecordedFailure { before, after })
+        let subject = subject.clone();
+        self.call_uncached(move |conn| {
+            super::login::record_failure(
+                conn,
+                &subject,
+                address,
+                now,
+                crate::auth::lockout::TABLE_CAPACITY,
+            )
         })
         .await
     }
 
     async fn record_login_success(
         &self,
-        account: &AccountId,
-        user: &UserName,
+        subject: &LoginSubject,
+        address: ClientAddress,
         now: DateTime<Utc>,
     ) -> Result<LoginAttempts, StoreError> {
-        let (account, key) = (account.clone(), user.key());
-        self.call(move |conn| {
-            let tx = conn.transaction(Behavior::Immediate)?;
-            let Some(stored) = login_attempts(&tx, &account, &key)? else {
-                return Ok(LoginAttempts::default());
-            };
-            if stored.is_locked(now) {
-                return Ok(stored);
-            }
-            let after = stored.after_success();
-            if after != stored {
-                write_login_attempts(&tx, &account, &key, after)?;
-                tx.commit()?;
-            }
-            Ok(after)
-        })
-        .await
+        let subject = subject.clone();
+        self.call_uncached(move |conn| super::login::record_success(conn, &subject, address, now))
+            .await
     }
 
     async fn change_password(

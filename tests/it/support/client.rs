@@ -33,6 +33,18 @@ impl Client {
         }
     }
 
+    /// A client whose connections leave from `source` (any 127.x.y.z works on loopback), so a
+    /// test can be several client addresses at once.
+    pub fn from_source(base: &str, source: std::net::IpAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(source));
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: None,
+            inner: HyperClient::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
     /// The same client, sending `Authorization: Bearer <token>` on every request.
     pub fn with_token(&self, token: &str) -> Self {
         Self {
