@@ -18,6 +18,7 @@ mod fleet;
 mod forwarding;
 mod groups;
 mod hardening;
+mod metering_faults;
 mod openapi;
 mod ops;
 mod org;
