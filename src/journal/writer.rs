@@ -224,13 +224,19 @@ impl WriterState {
             }
             Err(reason) => {
                 let kept = batch.iter().filter(|w| w.ack.is_none()).count();
-                tracing::error!(
-                    records = batch.len(),
-                    kept_for_retry = kept,
-                    error = %reason,
-                    "journal batch could not be committed; entries awaited are refused, the others are kept and retried"
-                );
-                shared.healthy.store(false, Ordering::Release);
+                let was_healthy = shared.healthy.swap(false, Ordering::AcqRel);
+                if !was_healthy && kept == batch.len() && final_cmd.is_none() {
+                    // Only kept entries during an outage already reported (the idle retry, once
+                    // a second): say it goes on without an error line per attempt.
+                    tracing::warn!(kept, error = %reason, "the journal store still refuses writes; kept entries wait");
+                } else {
+                    tracing::error!(
+                        records = batch.len(),
+                        kept_for_retry = kept,
+                        error = %reason,
+                        "journal batch could not be committed; entries awaited are refused, the others are kept and retried"
+                    );
+                }
                 *shared.last_error.lock() = Some(reason.clone());
                 shared.failed_batches.fetch_add(1, Ordering::Relaxed);
                 for w in batch {
