@@ -7,7 +7,7 @@
 //! - M2 item 2: a transfer record (nobody waits for it) survives a failed batch: it is retried
 //!   until it is durable.
 //! - M2 item 7: a client that disconnects after its request reached the upstream is charged for
-//!   what the upstream answered.
+//!   what the upstream answered, also when the gateway shuts down in the meantime.
 //!
 //! `docs/hardening.md` ("Billing integrity (issue 17)") maps each rule to its test.
 
@@ -260,5 +260,44 @@ async fn m2_a_client_that_disconnects_mid_call_is_charged_for_what_the_upstream_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(calls_without_a_decision(&gw.data_dir), Vec::<String>::new());
+    verify_chains(&gw);
+}
+
+/// Item 7, at shutdown: a call whose client hung up is no connection the drain waits for, yet
+/// it is still running upstream. The shutdown waits for it, so its record reaches the journal
+/// before the journal closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m2_a_shutdown_still_meters_the_call_of_a_client_that_hung_up() {
+    let (mut gw, upstream, acme) = gateway().await;
+    let token = acme.client.token().expect("token").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            format!(
+                "GET /svc/storage/objects/slow/1500 HTTP/1.1\r\nHost: gw\r\n\
+                 Authorization: Bearer {token}\r\nX-Request-Id: gone-at-shutdown\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("send");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the call never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(100)).await; // the connection is gone
+    gw.shutdown().await;
+    assert_eq!(
+        ledger_records(&gw.data_dir, "gone-at-shutdown"),
+        (vec![(200, 0)], vec![]),
+        "the shutdown closed the journal before the running call was metered"
+    );
     verify_chains(&gw);
 }
