@@ -172,6 +172,16 @@ impl App {
             .retention
             .map(|retention| tokio::spawn(prune_decisions_daily(self.clone(), retention)));
         server::serve(self.clone(), listener, shutdown).await;
+        // Calls whose client went away still run and meter (issue 17 item 7); each is bounded
+        // by its service's timeout. Their ledger records must reach the journal before it shuts.
+        if tokio::time::timeout(self.config.server.shutdown_grace, self.upstreams.settled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "upstream calls still running after the grace period; their metering may be lost"
+            );
+        }
         sweeper.abort();
         if let Some(pruner) = pruner {
             pruner.abort();

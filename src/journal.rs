@@ -11,16 +11,36 @@
 //! bounded channel: it takes whatever is queued (up to [`JournalOptions::max_batch`], no
 //! artificial delay, so batches grow with load: natural group commit), writes the batch in one
 //! transaction, commits, and only then acknowledges each waiter. The channel is FIFO, so an entry
-//! queued before another is committed in the same or an earlier batch. [`Journal::enqueue`]
-//! queues without waiting: a decision record queued before the ledger append of the same call
-//! is durable when that append is acknowledged (a failed batch fails both).
+//! queued before another is committed in the same or an earlier batch, unless that earlier
+//! batch failed.
 //!
-//! Entries nobody waits for (the transfer supplement of a call, queued when its response body
-//! ends) do not get a commit of their own: a batch made only of them waits up to
+//! # Dependencies: a charge only with its decision
+//! A call's ledger record must not commit unless its decision record committed too, in the same
+//! batch or an earlier one (issue 17 item 1): otherwise a decision whose batch failed (the client
+//! is answered 503, "not served, retry") would leave a charge behind once the store recovers.
+//! [`Journal::submit`] hands back an [`Acknowledgement`] whose [`Dependency`] the writer marks
+//! committed or failed with its batch; [`Journal::append_after`] queues an entry that carries
+//! such dependencies, and the writer, when it builds a batch, refuses an entry any of whose
+//! dependencies failed (its waiter gets [`JournalError::Unavailable`]; nothing is written). A
+//! dependency still pending at that point is in the same batch (FIFO), so both commit or neither
+//! does. This costs no second commit wait per call: one atomic load per dependency on the writer
+//! thread, one atomic store per tracked entry.
+//!
+//! # Entries nobody waits for
+//! Entries queued with [`Journal::enqueue`] (the transfer supplement of a call, queued when its
+//! response body ends) do not get a commit of their own: a batch made only of them waits up to
 //! [`JournalOptions::linger`] for an entry that is waited for, and they commit together. At low
 //! concurrency that saves one commit per call; it widens the window in which a crash loses a
 //! transfer supplement (under-billing, never double billing) by at most the linger.
 //!
+//! When their batch fails they are not dropped (issue 17 item 2): the writer keeps them and puts
+//! them at the front of its next batch, and while the store stays unwritable its idle probe is
+//! an attempt to commit them, until they are durable. Only a crash (or a store that is still
+//! unwritable when the gateway shuts down, which is logged with the count) loses them. They
+//! come from bodies of calls already served, so they are bounded by the calls in flight; while
+//! the store fails no new call is served.
+//!
+//! # Failures
 //! A batch that cannot be committed (disk full, read-only, locked) fails every waiter in it with
 //! [`JournalError::Unavailable`], the in-memory chain heads stay where they were (the transaction
 //! rolled back), health goes false, and the writer keeps taking new batches (and probes the
@@ -50,9 +70,12 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -101,6 +124,19 @@ pub struct JournalOptions {
     /// How long a batch made only of entries nobody waits for (transfer supplements) waits for
     /// one somebody does, to share its commit instead of costing one of its own.
     pub linger: Duration,
+}
+
+/// The fate of one queued entry, shared by the writer (which settles it when the entry's batch
+/// commits or fails) and whatever must commit only if that entry did ([`Journal::append_after`]).
+#[derive(Debug, Clone)]
+pub struct Dependency(Arc<AtomicU8>);
+
+/// The acknowledgement of a [`Journal::submit`]: await it for the [`Receipt`]; take its
+/// [`Dependency`] first to make later entries depend on it.
+#[derive(Debug)]
+pub struct Acknowledgement {
+    done: oneshot::Receiver<Result<Receipt, JournalError>>,
+    dependency: Dependency,
 }
 
 /// Proof that an entry is durable.
@@ -267,33 +303,42 @@ impl Journal {
 
     /// Queues `entry` and waits until it is durable.
     pub async fn append(&self, entry: impl Into<Entry>) -> Result<Receipt, JournalError> {
+        self.append_after(entry, Vec::new()).await
+    }
+
+    /// Queues `entry`, to be committed only if every entry of `after` committed (in an earlier
+    /// batch or in the same one), and waits until it is durable. If one of them failed, nothing
+    /// is written and the answer is [`JournalError::Unavailable`] (module docs: dependencies).
+    pub async fn append_after(
+        &self,
+        entry: impl Into<Entry>,
+        after: Vec<Dependency>,
+    ) -> Result<Receipt, JournalError> {
         let (ack, done) = oneshot::channel();
-        self.send(entry.into(), Some(ack))?;
+        self.send(entry.into(), Some(ack), None, after)?;
         done.await
             .map_err(|_| JournalError::Unavailable("the journal writer stopped".into()))?
     }
 
     /// Queues `entry` now and returns the acknowledgement to await later: the entry's place in
-    /// the FIFO is fixed at this call, its durability proven when the returned future resolves.
-    pub fn submit(
-        &self,
-        entry: impl Into<Entry>,
-    ) -> Result<
-        impl std::future::Future<Output = Result<Receipt, JournalError>> + Send + 'static,
-        JournalError,
-    > {
+    /// the FIFO is fixed at this call, its durability proven when the acknowledgement resolves.
+    pub fn submit(&self, entry: impl Into<Entry>) -> Result<Acknowledgement, JournalError> {
         let (ack, done) = oneshot::channel();
-        self.send(entry.into(), Some(ack))?;
-        Ok(async move {
-            done.await
-                .map_err(|_| JournalError::Unavailable("the journal writer stopped".into()))?
-        })
+        let dependency = Dependency::pending();
+        self.send(
+            entry.into(),
+            Some(ack),
+            Some(dependency.clone()),
+            Vec::new(),
+        )?;
+        Ok(Acknowledgement { done, dependency })
     }
 
     /// Queues `entry` without waiting. Its durability is proven by the acknowledgement of any
-    /// entry appended after it (FIFO); if its batch fails, that later append fails too.
+    /// entry appended after it (FIFO) when their batch commits; if that batch fails, the later
+    /// append fails and this entry is retried by the writer until it is durable (module docs).
     pub fn enqueue(&self, entry: impl Into<Entry>) -> Result<(), JournalError> {
-        self.send(entry.into(), None)
+        self.send(entry.into(), None, None, Vec::new())
     }
 
     /// Marks the payer's `month` FINAL with the bill's content hash. `through_seq` is the last
@@ -367,11 +412,15 @@ impl Journal {
         &self,
         entry: Entry,
         ack: Option<oneshot::Sender<Result<Receipt, JournalError>>>,
+        tracked: Option<Dependency>,
+        after: Vec<Dependency>,
     ) -> Result<(), JournalError> {
         let pending = entry.into_pending()?;
         self.command(writer::Command::Write(writer::Write {
             pending,
             ack,
+            tracked,
+            after,
             submitted: Instant::now(),
         }))
     }
@@ -435,6 +484,57 @@ impl Default for JournalOptions {
             probe_interval: Duration::from_secs(1),
             linger: Duration::from_millis(2),
         }
+    }
+}
+
+// === impl Dependency ===
+
+impl Dependency {
+    const PENDING: u8 = 0;
+    const COMMITTED: u8 = 1;
+    const FAILED: u8 = 2;
+
+    fn pending() -> Self {
+        Self(Arc::new(AtomicU8::new(Self::PENDING)))
+    }
+
+    /// The entry will never be committed: its batch failed, or it was refused.
+    pub fn failed(&self) -> bool {
+        self.0.load(Ordering::Acquire) == Self::FAILED
+    }
+
+    /// The entry is durable.
+    pub fn committed(&self) -> bool {
+        self.0.load(Ordering::Acquire) == Self::COMMITTED
+    }
+
+    /// Settles the entry's fate (writer only).
+    fn settle(&self, committed: bool) {
+        let state = if committed {
+            Self::COMMITTED
+        } else {
+            Self::FAILED
+        };
+        self.0.store(state, Ordering::Release);
+    }
+}
+
+// === impl Acknowledgement ===
+
+impl Acknowledgement {
+    /// The submitted entry's fate, for entries that must commit only if it did.
+    pub fn dependency(&self) -> Dependency {
+        self.dependency.clone()
+    }
+}
+
+impl Future for Acknowledgement {
+    type Output = Result<Receipt, JournalError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.done).poll(cx).map(|r| {
+            r.map_err(|_| JournalError::Unavailable("the journal writer stopped".into()))?
+        })
     }
 }
 

@@ -3,9 +3,17 @@
 //!
 //! The pipeline hands over a request whose target and headers are already decided; this module
 //! only sends it and classifies failures as unavailable (502) or timed out (504).
+//!
+//! A call that reached an upstream must be metered whatever its client does (issue 17 item 7),
+//! so the pipeline runs each call and its metering on a task of its own ([`Upstreams::detach`]),
+//! not inside the connection's future; shutdown waits for those tasks
+//! ([`Upstreams::settled`]) before the journal closes.
 
 pub mod headers;
 
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -30,7 +38,18 @@ pub enum UpstreamError {
 #[derive(Clone)]
 pub struct Upstreams {
     client: Client<HttpConnector, Body>,
+    in_flight: Arc<InFlight>,
 }
+
+/// Detached calls still running, and a wake-up for whoever waits until none is.
+#[derive(Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Counts one detached call for as long as it lives (dropped when its task ends, however).
+struct InFlightGuard(Arc<InFlight>);
 
 // === impl Upstreams ===
 
@@ -45,7 +64,40 @@ impl Upstreams {
             .pool_max_idle_per_host(256)
             .retry_canceled_requests(false)
             .build(connector);
-        Self { client }
+        Self {
+            client,
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Runs `call` (an upstream call and what must follow it, its metering) on a task of its
+    /// own, so dropping the returned handle (the client went away) does not cancel it. Shutdown
+    /// waits for it through [`Upstreams::settled`].
+    pub fn detach<F>(&self, call: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.in_flight.count.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlightGuard(self.in_flight.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            call.await
+        })
+    }
+
+    /// Returns once no detached call is running (for shutdown, before the journal closes).
+    pub async fn settled(&self) {
+        loop {
+            let idle = self.in_flight.idle.notified();
+            let mut idle = std::pin::pin!(idle);
+            // Registered before the check, so a call ending in between still wakes us.
+            idle.as_mut().enable();
+            if self.in_flight.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
     }
 
     /// Sends `request` and waits for the response head, at most `timeout`.
@@ -62,6 +114,14 @@ impl Upstreams {
                 service: service.to_owned(),
                 timeout,
             }),
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
         }
     }
 }

@@ -770,6 +770,152 @@ async fn a_full_disk_fails_the_batch_keeps_the_heads_and_recovers() {
     );
 }
 
+/// Makes every write on the writer's connection fail at once (SQLite `query_only`), or not.
+async fn refuse_writes(journal: &Journal, refuse: bool) {
+    journal
+        .with_writer_connection(move |c| {
+            c.execute_batch(&format!("PRAGMA query_only = {}", i64::from(refuse)))
+                .unwrap();
+        })
+        .await;
+}
+
+fn a_decision() -> DecisionEntry {
+    decision_entry(
+        A,
+        "alice",
+        "storage:GetObject",
+        Verdict::Allow,
+        at(2026, 3, 15),
+    )
+}
+
+/// Issue 17 item 1: a ledger record depending on a decision whose batch failed is refused, even
+/// though the store takes writes again by then; one depending on a decision in its own batch
+/// commits with it.
+#[tokio::test]
+async fn an_entry_whose_dependency_failed_is_refused_and_one_in_the_same_batch_commits() {
+    let f = fixture();
+    let (journal, _task) = open(&f, options());
+    refuse_writes(&journal, true).await;
+    let ack = journal.submit(a_decision()).unwrap();
+    let failed = ack.dependency();
+    assert!(matches!(ack.await, Err(JournalError::Unavailable(_))));
+    assert!(failed.failed());
+    refuse_writes(&journal, false).await;
+
+    let err = journal
+        .append_after(ledger_entry(A), vec![failed.clone()])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, JournalError::Unavailable(m) if m.contains("depends on")),
+        "{err:?}"
+    );
+    assert_eq!(
+        count(&f.db, "ledger"),
+        0,
+        "the refused record was not written"
+    );
+    // The store itself is fine: the same record without the dependency commits.
+    assert_eq!(journal.append(ledger_entry(A)).await.unwrap().seq, 1);
+
+    // Same batch: park the writer so the decision and the record are taken together.
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (parked_tx, parked_rx) = tokio::sync::oneshot::channel::<()>();
+    let parked = journal.clone();
+    let hook = tokio::spawn(async move {
+        parked
+            .with_writer_connection(move |_| {
+                let _ = parked_tx.send(());
+                let _ = release_rx.recv();
+            })
+            .await
+    });
+    parked_rx.await.unwrap();
+    let batches = journal.stats().batches;
+    let ack = journal.submit(a_decision()).unwrap();
+    let dependency = ack.dependency();
+    let record = {
+        let journal = journal.clone();
+        tokio::spawn(async move {
+            journal
+                .append_after(ledger_entry(A), vec![dependency])
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    release_tx.send(()).unwrap();
+    hook.await.unwrap();
+    let decision = ack.await.unwrap();
+    let receipt = record.await.unwrap().unwrap();
+    assert_eq!(receipt.seq, 2);
+    assert_eq!(decision.committed_at, receipt.committed_at);
+    assert_eq!(
+        journal.stats().batches,
+        batches + 1,
+        "one batch, one commit"
+    );
+    assert_eq!(verify_ledger(&f.db).unwrap().records, 2);
+    assert_eq!(verify_decisions(&f.db).unwrap().records, 1);
+}
+
+/// Issue 17 item 2: an entry nobody waits for is kept when its batch fails, and committed once
+/// the store takes writes again, first by the idle writer and else at shutdown.
+#[tokio::test]
+async fn an_unawaited_entry_of_a_failed_batch_is_retried_until_durable() {
+    let f = fixture();
+    let (journal, task) = open(
+        &f,
+        JournalOptions {
+            probe_interval: Duration::from_millis(100),
+            linger: Duration::ZERO,
+            ..options()
+        },
+    );
+    journal.append(ledger_entry(A)).await.unwrap();
+    refuse_writes(&journal, true).await;
+    journal.enqueue(transfer_entry(A)).unwrap();
+    // An awaited entry behind it fails with it; the transfer is kept, not dropped.
+    assert!(matches!(
+        journal.append(ledger_entry(B)).await,
+        Err(JournalError::Unavailable(_))
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while journal.stats().failed_batches < 2 {
+        assert!(std::time::Instant::now() < deadline, "no retry while idle");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(&f.db, "ledger"), 1);
+    refuse_writes(&journal, false).await;
+    while count(&f.db, "ledger") < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kept transfer was never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(journal.is_healthy());
+    let kinds: Vec<String> = reader(&f)
+        .query_map("SELECT kind FROM ledger ORDER BY seq", params![], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(kinds, ["call", "transfer"], "committed once, not twice");
+
+    // Kept when the store fails again, and committed by the shutdown's last batch.
+    refuse_writes(&journal, true).await;
+    journal.enqueue(transfer_entry(A)).unwrap();
+    while journal.stats().failed_batches < 3 {
+        assert!(std::time::Instant::now() < deadline + Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    refuse_writes(&journal, false).await;
+    journal.shutdown().await.unwrap();
+    task.wait().await;
+    assert_eq!(verify_ledger(&f.db).unwrap().records, 3);
+}
+
 #[tokio::test]
 async fn a_restart_continues_both_chains_from_the_stored_heads() {
     let f = fixture();

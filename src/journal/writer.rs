@@ -12,6 +12,11 @@
 //! stay one linear sequence across the fleet (a global `seq`, each record linked to the one
 //! before it, whichever instance wrote it). A broken connection is replaced before the next
 //! batch or probe.
+//!
+//! Two rules about which entries a batch holds (issue 17; module docs of `journal`):
+//! - an entry whose dependency failed is refused while the batch is built ([`write_batch`]);
+//! - entries nobody waits for are kept when their batch fails ([`WriterState::retry`]) and go
+//!   first into the next batch, or into the idle probe's attempt, until they commit.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -24,8 +29,8 @@ use tokio::sync::oneshot;
 use super::entry::Pending;
 use super::read::FinalMonth;
 use super::{
-    ChainPosition, FinalizeError, JournalError, JournalHeads, JournalOptions, Receipt, Shared,
-    decisions, ledger,
+    ChainPosition, Dependency, FinalizeError, JournalError, JournalHeads, JournalOptions, Receipt,
+    Shared, decisions, ledger,
 };
 use crate::billing::{BillingMonth, Money};
 use crate::chain;
@@ -36,6 +41,9 @@ use crate::store::sql::to_ms;
 
 /// The schema version that created the journal tables.
 const JOURNAL_SCHEMA_VERSION: i64 = 3;
+
+/// Why an entry was refused because an entry it depends on was not committed.
+const DEPENDENCY_FAILED: &str = "an entry this one depends on (the call's decision record) could not be committed, so this one is not written either; retry the call";
 
 pub(super) enum Command {
     Write(Write),
@@ -50,7 +58,12 @@ pub(super) type Hook = Box<dyn FnOnce(&Conn) + Send>;
 
 pub(super) struct Write {
     pub pending: Pending,
+    /// `None`: nobody waits for this entry; it is retried until durable.
     pub ack: Option<oneshot::Sender<Result<Receipt, JournalError>>>,
+    /// Settled with this entry's fate, for entries that depend on it.
+    pub tracked: Option<Dependency>,
+    /// Entries that must have committed (earlier or in this batch) for this one to commit.
+    pub after: Vec<Dependency>,
     pub submitted: Instant,
 }
 
@@ -73,14 +86,18 @@ pub(super) struct WriterState {
     decisions: ChainPosition,
     /// `(payer, month)` of every FINAL bill; small, loaded once, changed only by this thread.
     finals: HashSet<(String, BillingMonth)>,
+    /// Entries nobody waits for whose batch failed, oldest first: they lead the next batch
+    /// (or the idle probe's attempt) until they are durable (issue 17 item 2).
+    retry: Vec<Write>,
 }
 
 /// What a committed batch changes.
 struct Committed {
     ledger: ChainPosition,
     decisions: ChainPosition,
-    /// Per write, its position in its chain.
-    seqs: Vec<u64>,
+    /// Per write, its position in its chain; `None` when it was refused because an entry it
+    /// depends on failed.
+    seqs: Vec<Option<u64>>,
     finalized: Option<Result<FinalMonth, FinalizeError>>,
     ledger_records: u64,
     decision_records: u64,
@@ -124,6 +141,7 @@ impl WriterState {
             ledger,
             decisions,
             finals,
+            retry: Vec::new(),
         })
     }
 
@@ -176,11 +194,22 @@ impl WriterState {
                     .decision_records
                     .inc_by(done.decision_records);
                 for (w, seq) in batch.into_iter().zip(done.seqs) {
+                    let Some(seq) = seq else {
+                        // Refused: an entry it depends on failed (already settled as failed).
+                        if let Some(ack) = w.ack {
+                            let _ = ack
+                                .send(Err(JournalError::Unavailable(DEPENDENCY_FAILED.to_owned())));
+                        }
+                        continue;
+                    };
                     if matches!(w.pending, Pending::Ledger(_)) {
                         shared
                             .metrics
                             .ledger_write_duration
                             .observe(w.submitted.elapsed().as_secs_f64());
+                    }
+                    if let Some(tracked) = &w.tracked {
+                        tracked.settle(true);
                     }
                     if let Some(ack) = w.ack {
                         let _ = ack.send(Ok(Receipt {
@@ -194,17 +223,32 @@ impl WriterState {
                 }
             }
             Err(reason) => {
-                tracing::error!(
-                    records = batch.len(),
-                    error = %reason,
-                    "journal batch could not be committed; its entries are refused"
-                );
-                shared.healthy.store(false, Ordering::Release);
+                let kept = batch.iter().filter(|w| w.ack.is_none()).count();
+                let was_healthy = shared.healthy.swap(false, Ordering::AcqRel);
+                if !was_healthy && kept == batch.len() && final_cmd.is_none() {
+                    // Only kept entries during an outage already reported (the idle retry, once
+                    // a second): say it goes on without an error line per attempt.
+                    tracing::warn!(kept, error = %reason, "the journal store still refuses writes; kept entries wait");
+                } else {
+                    tracing::error!(
+                        records = batch.len(),
+                        kept_for_retry = kept,
+                        error = %reason,
+                        "journal batch could not be committed; entries awaited are refused, the others are kept and retried"
+                    );
+                }
                 *shared.last_error.lock() = Some(reason.clone());
                 shared.failed_batches.fetch_add(1, Ordering::Relaxed);
                 for w in batch {
-                    if let Some(ack) = w.ack {
-                        let _ = ack.send(Err(JournalError::Unavailable(reason.clone())));
+                    if let Some(tracked) = &w.tracked {
+                        tracked.settle(false);
+                    }
+                    match w.ack {
+                        Some(ack) => {
+                            let _ = ack.send(Err(JournalError::Unavailable(reason.clone())));
+                        }
+                        // Nobody is told it failed, so it must not be lost: keep it, in order.
+                        None => self.retry.push(w),
                     }
                 }
                 if let Some(cmd) = final_cmd {
@@ -251,7 +295,7 @@ impl WriterState {
 /// The writer loop: runs until shutdown or until every handle is dropped.
 pub(super) fn run(mut state: WriterState, rx: Receiver<Command>, shared: &Shared) {
     loop {
-        let first = if shared.healthy.load(Ordering::Acquire) {
+        let first = if shared.healthy.load(Ordering::Acquire) && state.retry.is_empty() {
             match rx.recv() {
                 Ok(c) => c,
                 Err(_) => break,
@@ -259,16 +303,23 @@ pub(super) fn run(mut state: WriterState, rx: Receiver<Command>, shared: &Shared
         } else {
             match rx.recv_timeout(state.options.probe_interval) {
                 Ok(c) => c,
-                Err(RecvTimeoutError::Timeout) => {
+                Err(RecvTimeoutError::Timeout) if state.retry.is_empty() => {
                     state.probe(shared);
+                    continue;
+                }
+                // Idle with entries kept from a failed batch: committing them is the probe.
+                Err(RecvTimeoutError::Timeout) => {
+                    let retry = std::mem::take(&mut state.retry);
+                    state.commit(retry, None, shared);
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         };
         // Collect writes until the queue is empty, the batch is full, or a command that must
-        // come after them (so FIFO order holds for every kind of command).
-        let mut batch = Vec::new();
+        // come after them (so FIFO order holds for every kind of command). Entries kept from a
+        // failed batch go first: they were queued before anything still in the channel.
+        let mut batch = std::mem::take(&mut state.retry);
         let mut tail = None;
         match first {
             Command::Write(w) => batch.push(w),
@@ -299,6 +350,18 @@ pub(super) fn run(mut state: WriterState, rx: Receiver<Command>, shared: &Shared
             Some(Command::Hook(f)) => f(&state.conn),
             _ => {}
         }
+    }
+    // Every handle is gone (no shutdown command): one last attempt at the kept entries.
+    if !state.retry.is_empty() && !shared.closed.load(Ordering::Acquire) {
+        let retry = std::mem::take(&mut state.retry);
+        state.commit(retry, None, shared);
+    }
+    if !state.retry.is_empty() {
+        tracing::error!(
+            records = state.retry.len(),
+            error = shared.last_error.lock().as_deref().unwrap_or("unknown"),
+            "the journal stopped while the store refused writes: entries nobody waited for (transfer records) are lost"
+        );
     }
     // Anything still queued was sent after shutdown began; dropping it fails its waiters.
     shared.closed.store(true, Ordering::Release);
@@ -373,6 +436,15 @@ fn write_batch(
     let mut spend: HashMap<(String, String), (Money, i64)> = HashMap::new();
     let (mut ledger_records, mut decision_records) = (0u64, 0u64);
     for w in batch.iter_mut() {
+        // Issue 17 item 1: an entry whose dependency failed (in an earlier batch, or refused
+        // earlier in this one) is not written. A pending dependency is in this batch (FIFO).
+        if w.after.iter().any(Dependency::failed) {
+            if let Some(tracked) = &w.tracked {
+                tracked.settle(false);
+            }
+            seqs.push(None);
+            continue;
+        }
         match &mut w.pending {
             Pending::Ledger(p) => {
                 let (billing, original) = book(finals, &p.row.payer_account_id, p.event_month);
@@ -390,7 +462,7 @@ fn write_batch(
                     .or_insert((Money::ZERO, 0));
                 slot.0 = slot.0.checked_add(p.amount).map_err(|e| e.to_string())?;
                 slot.1 += 1;
-                seqs.push(seq);
+                seqs.push(Some(seq));
                 ledger_records += 1;
             }
             Pending::Decision(row) => {
@@ -399,7 +471,7 @@ fn write_batch(
                 row.insert(&tx, seq, &decisions_head.hash, &hash)
                     .map_err(sql)?;
                 decisions_head = ChainPosition { seq, hash };
-                seqs.push(seq);
+                seqs.push(Some(seq));
                 decision_records += 1;
             }
         }

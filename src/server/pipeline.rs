@@ -9,6 +9,12 @@
 //! the same string), are routed with the compiled table, and forwarded with header hygiene
 //! (F2), streaming bodies (F3) and per-service timeouts (F4). The request id is the client's
 //! only when a trusted proxy sent it (F2).
+//!
+//! Metering (M1, M2, issue 17): once a request is on its way upstream, the upstream call and the
+//! call's ledger record run on a task of their own ([`Exchange`]), so a client that hangs up
+//! cancels only its wait for the answer, never the call or its charge. The ledger record
+//! depends on the request's decision record (`server::scope`): if the decision was not
+//! committed, neither is the charge, and the answer is 503.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -23,7 +29,9 @@ use crate::app::App;
 use crate::authz::Resource;
 use crate::body::{self, Body, BodyEnd, Capped, Counted};
 use crate::ids::RequestId;
-use crate::journal::{Charge, Journal, LedgerEntry, MeteredCall, RecordId, TransferEntry};
+use crate::journal::{
+    Charge, Dependency, Journal, JournalError, LedgerEntry, MeteredCall, RecordId, TransferEntry,
+};
 use crate::metrics::{RequestLabels, ServiceLabels, UpstreamErrorLabels};
 use crate::server::authn::{self, Allow, Caller};
 use crate::server::authorize::{self, Facts};
@@ -276,63 +284,127 @@ async fn forward(
     let (capped, request_bytes) = Capped::new(incoming, route.max_body);
     let upstream_request = Request::from_parts(parts, capped.boxed_unsync());
 
-    let timeout = matched.service.config.timeout;
-    let response = match app.upstreams.send(service, upstream_request, timeout).await {
-        Ok(response) => response,
-        // A cap hit while streaming surfaces as a failed upstream call: it is the client's.
-        Err(_) if request_bytes.exceeded() => {
-            return Err(rejection::payload_too_large(
-                route.max_body.unwrap_or_default(),
-            ));
-        }
-        // A malformed or cut-off request body is the client's fault too, not the upstream's.
-        Err(_) if request_bytes.failed() => {
-            return Err(Rejection::bad_request(
-                "InvalidBody",
-                "the request body could not be read (malformed chunked encoding or a cut connection); send it again",
-            ));
-        }
-        Err(e) => {
-            let kind = match e {
-                UpstreamError::Unavailable { .. } => "unavailable",
-                UpstreamError::Timeout { .. } => "timeout",
-                UpstreamError::BodyTooLarge { .. } => "body_too_large",
-            };
-            app.metrics
-                .upstream_errors
-                .get_or_create(&UpstreamErrorLabels {
-                    service: service.to_owned(),
-                    kind: kind.to_owned(),
-                })
-                .inc();
-            return Err(Rejection::from(e));
-        }
+    // The ledger record will commit only if the request's decision records did (issue 17 item
+    // 1). One that already failed means the answer is 503 whatever the upstream says: do not
+    // make the upstream do work nobody can be charged for.
+    let after = scope::dependencies();
+    if after.iter().any(Dependency::failed) {
+        return Err(Rejection::from(JournalError::Unavailable(
+            "the decision record of this call could not be committed; retry the call".into(),
+        )));
+    }
+    let exchange = Exchange {
+        app: app.clone(),
+        service: service.to_owned(),
+        request: upstream_request,
+        timeout: matched.service.config.timeout,
+        request_bytes,
+        max_body: route.max_body,
+        meter: Meter::new(app, &caller, request_id, &matched, method),
+        after,
     };
-
-    let (mut parts, incoming) = response.into_parts();
+    // Issue 17 item 7: from here the call and its metering are not owned by this connection's
+    // future; a client that goes away drops only this wait.
+    let Answered {
+        mut parts,
+        body,
+        meter,
+        record_id,
+    } = app.upstreams.detach(exchange.run()).await.map_err(|e| {
+        Rejection::internal(&format_args!("the upstream call's task failed: {e}"))
+    })??;
     headers::to_client(&mut parts.headers);
-    let meter = Meter::new(
-        app,
-        &caller,
-        request_id,
-        &matched,
-        method,
-        parts.status.as_u16(),
-    );
-    let record_id = meter.record_call(app, request_bytes.bytes()).await?;
     let journal = app.journal.clone();
     let on_end = Box::new(move |bytes_out: u64, end: BodyEnd| {
         meter.record_transfer(&journal, &record_id, bytes_out, end)
     });
-    let counted = Counted::new(incoming, on_end);
+    let counted = Counted::new(body, on_end);
     Ok(Response::from_parts(parts, counted.boxed_unsync()))
+}
+
+/// One upstream call and its ledger record, run on a task of its own (SPEC M1, M2; issue 17
+/// item 7): whatever the client does once the request left, the call completes and, if the
+/// upstream answered, is charged with the status it answered.
+struct Exchange {
+    app: Arc<App>,
+    service: String,
+    request: Request<Body>,
+    timeout: std::time::Duration,
+    request_bytes: Arc<body::CapStats>,
+    max_body: Option<u64>,
+    meter: Meter,
+    /// The request's decision records: the ledger record commits only if they did.
+    after: Vec<Dependency>,
+}
+
+/// An answered, metered call: the response head and body to hand to the client.
+struct Answered {
+    parts: http::response::Parts,
+    body: Incoming,
+    meter: Meter,
+    record_id: RecordId,
+}
+
+impl Exchange {
+    async fn run(self) -> Result<Answered, Rejection> {
+        let Exchange {
+            app,
+            service,
+            request,
+            timeout,
+            request_bytes,
+            max_body,
+            mut meter,
+            after,
+        } = self;
+        let response = match app.upstreams.send(&service, request, timeout).await {
+            Ok(response) => response,
+            // A cap hit while streaming surfaces as a failed upstream call: it is the client's.
+            Err(_) if request_bytes.exceeded() => {
+                return Err(rejection::payload_too_large(max_body.unwrap_or_default()));
+            }
+            // A malformed or cut-off request body is the client's fault too, not the upstream's.
+            Err(_) if request_bytes.failed() => {
+                return Err(Rejection::bad_request(
+                    "InvalidBody",
+                    "the request body could not be read (malformed chunked encoding or a cut connection); send it again",
+                ));
+            }
+            Err(e) => {
+                let kind = match e {
+                    UpstreamError::Unavailable { .. } => "unavailable",
+                    UpstreamError::Timeout { .. } => "timeout",
+                    UpstreamError::BodyTooLarge { .. } => "body_too_large",
+                };
+                app.metrics
+                    .upstream_errors
+                    .get_or_create(&UpstreamErrorLabels {
+                        service: service.clone(),
+                        kind: kind.to_owned(),
+                    })
+                    .inc();
+                return Err(Rejection::from(e));
+            }
+        };
+        let (parts, body) = response.into_parts();
+        meter.call.status = parts.status.as_u16();
+        let record_id = meter
+            .record_call(&app, request_bytes.bytes(), after)
+            .await?;
+        Ok(Answered {
+            parts,
+            body,
+            meter,
+            record_id,
+        })
+    }
 }
 
 /// What the ledger needs to know about one forwarded call (SPEC M1).
 struct Meter {
+    /// `status` is set when the upstream answers.
     call: MeteredCall,
     price: Arc<Route>,
-    started: chrono::DateTime<chrono::Utc>,
     clock: crate::clock::SharedClock,
 }
 
@@ -343,7 +415,6 @@ impl Meter {
         request_id: &RequestId,
         matched: &Matched,
         method: String,
-        status: u16,
     ) -> Self {
         let account = caller.principal.user.account_id.clone();
         // The payer is the management account of the organization the account is in right now;
@@ -362,36 +433,42 @@ impl Meter {
                 service: matched.service.name.clone(),
                 action: matched.route.action.clone(),
                 method,
-                status,
+                status: 0,
                 client_request_id: scope::client_request_id(),
             },
             price: matched.route.clone(),
-            started: app.clock.now(),
             clock: app.clock.clone(),
         }
     }
 
-    /// The per-request record, durable before the response head is sent (M2). Request bytes
-    /// are counted as they were sent to the upstream.
-    async fn record_call(&self, app: &App, bytes_in: u64) -> Result<RecordId, Rejection> {
+    /// The per-request record, durable before the response head is sent (M2), committed only
+    /// if every entry of `after` (the request's decision records) committed. Its event time is
+    /// when the upstream answered; request bytes are counted as they were sent to the upstream.
+    async fn record_call(
+        &self,
+        app: &App,
+        bytes_in: u64,
+        after: Vec<Dependency>,
+    ) -> Result<RecordId, Rejection> {
         let charge = Charge::at_price(&self.price.price, 1, bytes_in, 0)
             .map_err(|e| Rejection::internal(&e))?;
         let record_id = RecordId::generate();
         let entry = LedgerEntry {
             record_id: record_id.clone(),
-            event_time: self.started,
+            event_time: self.clock.now(),
             call: self.call.clone(),
             bytes_in,
             bytes_out: 0,
             charge,
         };
-        app.journal.append(entry).await?;
+        app.journal.append_after(entry, after).await?;
         Ok(record_id)
     }
 
     /// Response bytes actually handed to the client, booked when the body ends (completely,
-    /// failed, or cut off by the client). A crash before that loses only this supplement,
-    /// never the per-request charge (docs/billing.md).
+    /// failed, or cut off by the client). Nobody waits for it; the journal retries it after a
+    /// failed batch until it is durable, so only a crash loses this supplement, never the
+    /// per-request charge (docs/billing.md).
     fn record_transfer(
         &self,
         journal: &Journal,

@@ -8,22 +8,23 @@
 //! registers its acknowledgement here; `pipeline::handle` awaits them all before it returns the
 //! response. A step that awaits a later journal entry (the ledger record) finds the earlier
 //! acknowledgements already resolved, because the journal is FIFO.
+//!
+//! The ledger record of a call depends on these entries ([`dependencies`]): the writer commits
+//! it only if they committed, in the same batch or an earlier one, so a call whose decision
+//! failed is answered 503 and never charged (issue 17 item 1).
 
 use std::future::Future;
-use std::pin::Pin;
 
 use parking_lot::Mutex;
 
 use crate::ids::RequestId;
-use crate::journal::{JournalError, Receipt};
-
-type Ack = Pin<Box<dyn Future<Output = Result<Receipt, JournalError>> + Send>>;
+use crate::journal::{Acknowledgement, Dependency, JournalError};
 
 /// One request's shared state.
 pub struct RequestScope {
     request_id: RequestId,
     client_request_id: Option<RequestId>,
-    pending: Mutex<Vec<Ack>>,
+    pending: Mutex<Vec<Acknowledgement>>,
 }
 
 tokio::task_local! {
@@ -75,10 +76,23 @@ pub fn client_request_id() -> Option<RequestId> {
         .flatten()
 }
 
+/// The journal entries of the current request so far (its decision records), for an entry that
+/// must commit only if they did; empty outside a request.
+pub fn dependencies() -> Vec<Dependency> {
+    SCOPE
+        .try_with(|s| {
+            s.pending
+                .lock()
+                .iter()
+                .map(Acknowledgement::dependency)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Registers an acknowledgement the response must wait for. Outside a request it is awaited
 /// in the background (nobody is waiting for a response).
-pub fn must_be_durable(ack: impl Future<Output = Result<Receipt, JournalError>> + Send + 'static) {
-    let ack: Ack = Box::pin(ack);
+pub fn must_be_durable(ack: Acknowledgement) {
     if SCOPE.try_with(|_| ()).is_ok() {
         SCOPE.with(|s| s.pending.lock().push(ack));
     } else {

@@ -19,6 +19,7 @@ mod flood;
 mod forwarding;
 mod groups;
 mod hardening;
+mod metering_faults;
 mod openapi;
 mod ops;
 mod org;
