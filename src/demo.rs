@@ -400,15 +400,22 @@ fn write_file(path: &Path, text: &str) -> Result<(), DemoError> {
     })
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), DemoError> {
+/// Writes `text` to `path` readable by its owner only (0600), also when the file was there
+/// before with a wider mode: the demo's files hold the payer's password and TOTP secret.
+pub fn write_private(path: &Path, text: &str) -> Result<(), DemoError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
+        .map_err(|source| DemoError::Write {
+            path: path.to_owned(),
+            source,
+        })?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(|source| DemoError::Write {
             path: path.to_owned(),
             source,

@@ -152,8 +152,9 @@ pub fn run(args: DemoArgs) -> u8 {
         let script = demo::walkthrough(&world, &gateway, &exe, &month)
             .replace("<data>", &app.config.store.data_dir.display().to_string());
         let script_path = app.config.store.data_dir.join("walkthrough.sh");
-        if let Err(e) = std::fs::write(&script_path, &script) {
-            eprintln!("tollgate: cannot write `{}`: {e}", script_path.display());
+        // 0600 like the rest of the data dir: it holds the payer's password and TOTP secret.
+        if let Err(e) = demo::write_private(&script_path, &script) {
+            eprintln!("tollgate: {e}");
         }
         say(&format!("tollgate: listening on {gateway}"));
         say(&format!("tollgate demo: services {}", services.join(", ")));
