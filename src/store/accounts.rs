@@ -29,8 +29,9 @@ pub struct AccountRecord {
     pub created_at: DateTime<Utc>,
 }
 
-/// A user's MFA state: enrollment gives a secret, a first good code turns it on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A user's MFA state: enrollment gives a secret, a first good code turns it on. `Debug`
+/// never shows the secret (U3).
+#[derive(Clone, PartialEq, Eq)]
 pub enum MfaState {
     Off,
     Pending {
@@ -40,6 +41,24 @@ pub enum MfaState {
         secret: String,
         last_step: Option<u64>,
     },
+}
+
+impl std::fmt::Debug for MfaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const REDACTED: &str = "[redacted]";
+        match self {
+            Self::Off => f.write_str("Off"),
+            Self::Pending { .. } => f
+                .debug_struct("Pending")
+                .field("secret", &format_args!("{REDACTED}"))
+                .finish(),
+            Self::On { last_step, .. } => f
+                .debug_struct("On")
+                .field("secret", &format_args!("{REDACTED}"))
+                .field("last_step", last_step)
+                .finish(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -266,4 +285,29 @@ pub trait AccountStore: Send + Sync {
         expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 16 item 15: a `Debug` of a user (logs, panics, traces) never shows the TOTP secret.
+    #[test]
+    fn u3_mfa_state_debug_redacts_the_secret() {
+        let secret = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP".to_owned();
+        for state in [
+            MfaState::Pending {
+                secret: secret.clone(),
+            },
+            MfaState::On {
+                secret: secret.clone(),
+                last_step: Some(7),
+            },
+        ] {
+            let shown = format!("{state:?} {state:#?}");
+            assert!(!shown.contains(&secret), "{shown}");
+            assert!(shown.contains("[redacted]"), "{shown}");
+        }
+        assert_eq!(format!("{:?}", MfaState::Off), "Off");
+    }
 }
