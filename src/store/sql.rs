@@ -707,8 +707,9 @@ impl SqlStore {
     }
 
     /// The store's generation, read while holding the connection (so it matches the rows
-    /// read under the same lock).
-    pub(crate) fn generation(&self) -> u64 {
+    /// read under the same lock). Public for tests and diagnostics: it moves on with every
+    /// write, and with it the caller cache is dropped.
+    pub fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Acquire)
     }
 
@@ -769,11 +770,23 @@ fn apply_migrations(
 
 #[async_trait::async_trait]
 impl Health for SqlStore {
-    async fn check_writable(&self) -> Result<(), StoreError> {
+    async fn check_ready(&self) -> Result<(), StoreError> {
         self.call(|conn| {
-            conn.execute(
-                "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'probe'",
+            // A lock that a writer would need, taken and given back with nothing written:
+            // SQLite's write lock; on PostgreSQL a lock on `meta` that conflicts only with a
+            // lock held to keep writers out. Then one read. The transaction rolls back on drop.
+            let tx = match conn.dialect() {
+                crate::db::Dialect::Sqlite => conn.transaction(Behavior::Immediate)?,
+                crate::db::Dialect::Postgres => {
+                    let tx = conn.transaction(Behavior::Deferred)?;
+                    tx.execute_batch("LOCK TABLE meta IN ROW SHARE MODE")?;
+                    tx
+                }
+            };
+            tx.query_row(
+                "SELECT value FROM meta WHERE key = 'created_by'",
                 params![],
+                |r| r.get::<String>(0),
             )?;
             Ok(())
         })
@@ -819,8 +832,9 @@ mod tests {
         };
         assert_eq!(mode(&data), 0o700);
         assert_eq!(mode(store.path().unwrap()), 0o600);
+        store.check_ready().await.unwrap_or_else(|e| panic!("{e}"));
         store
-            .check_writable()
+            .call(|c| Ok(c.execute("UPDATE meta SET value = '1' WHERE key = 'probe'", params![])?))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         drop(store);
