@@ -214,6 +214,7 @@ pub async fn logout(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, R
     let allow = Allow {
         enrollment_token: true,
         expired_password: true,
+        management_without_mfa: true,
     };
     let caller = authn::authenticate(app, &req.headers, req.peer, allow).await?;
     let token = authn::bearer(&req.headers).map(str::to_owned).ok();

@@ -2153,3 +2153,111 @@ async fn f2_the_upstream_gets_a_verifiable_identity_token() {
         .await;
     assert_error(&r, StatusCode::UNAUTHORIZED, "InvalidToken");
 }
+
+/// A token for a new access key of `user`, minted with `POST /auth/token`; returns the key id
+/// and the token.
+async fn access_key_token(
+    gw: &TestGateway,
+    owner: &Client,
+    account: &str,
+    user: &str,
+) -> (String, String) {
+    let r = owner
+        .post_json(
+            &format!("/accounts/{account}/users/{user}/access-keys"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let key_id = r.json()["access_key_id"].as_str().expect("id").to_owned();
+    let r = gw
+        .client
+        .post_json(
+            "/auth/token",
+            json!({"access_key_id": key_id, "secret": r.json()["secret"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["mfa"], false);
+    (
+        key_id,
+        r.json()["token"].as_str().expect("token").to_owned(),
+    )
+}
+
+/// Issue 16 item 6: a management-account user's access-key token (`mfa=false`) calls services,
+/// and every JSON API call with it is 403 `MfaRequired`; other accounts' key tokens keep the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn u6_a_management_users_access_key_token_calls_services_but_no_api() {
+    let (gw, _up) = gateway().await;
+    let payer = gw.account("payer").await;
+    let other = gw.account("other").await;
+    let secret = enroll_mfa(&gw, &payer.client, &payer.id, "owner").await;
+    make_management(&gw, &payer.id).await;
+    gw.clock.advance(Duration::seconds(30));
+    let r = login(
+        &gw,
+        &payer.id,
+        "owner",
+        OWNER_PASSWORD,
+        Some(&code_at(&gw, &secret, 0)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let owner = gw
+        .client
+        .with_token(r.json()["token"].as_str().expect("token"));
+    let (_, token) = access_key_token(&gw, &owner, &payer.id, "owner").await;
+    let program = gw.client.with_token(&token);
+
+    let r = program.get("/svc/storage/objects/a").await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "services are allowed: {}",
+        r.text()
+    );
+    let org_before = owner.get("/org").await.json();
+    let new_member = json!({"name": "m", "email": "m@example.com", "owner_user": "owner", "owner_password": OWNER_PASSWORD});
+    for r in [
+        program.post_json("/org/accounts", new_member.clone()).await,
+        program
+            .post_json("/org/invitations", json!({"account_id": other.id}))
+            .await,
+        program.get("/decisions").await,
+        program.get("/org").await,
+        program.get("/policies").await,
+        program
+            .get(&format!("/accounts/{}/users/owner/access-keys", payer.id))
+            .await,
+        program
+            .post_json(
+                &format!("/accounts/{}/users/owner/access-keys", payer.id),
+                json!({}),
+            )
+            .await,
+        create_user(&program, &payer.id, "eve", DEV_PASSWORD).await,
+    ] {
+        assert_error(&r, StatusCode::FORBIDDEN, "MfaRequired");
+    }
+    // The same user with MFA keeps the API, and nothing was created by the refused calls.
+    let r = owner.get("/org").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["members"], org_before["members"]);
+    assert_eq!(r.json()["handshakes"], org_before["handshakes"]);
+    assert_eq!(
+        owner.post_json("/org/accounts", new_member).await.status,
+        StatusCode::CREATED
+    );
+
+    // A standalone account's access-key token is not a management user's: the API stays open.
+    let (_, token) = access_key_token(&gw, &other.client, &other.id, "owner").await;
+    let r = gw.client.with_token(&token).get("/decisions").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // Giving the token up is allowed: logout only takes away.
+    let r = program.post_json("/auth/logout", json!({})).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    let r = program.get("/svc/storage/objects/a").await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "InvalidToken");
+}
