@@ -34,6 +34,8 @@ pub struct App {
     pub orgs: OrgService,
     /// The ledger and the decision log: one durable, hash-chained writer.
     pub journal: Journal,
+    /// Who may `POST /policies/reload`, and its rate (P7).
+    pub reloads: crate::api::policies::ReloadGate,
     journal_task: parking_lot::Mutex<Option<JournalTask>>,
 }
 
@@ -113,6 +115,7 @@ impl App {
         )));
         // Turns on the store's caller cache: no store round trip per request for the caller.
         store.attach_spend_book(journal.spend_book());
+        let reloads = crate::api::policies::ReloadGate::new(&config.policies.reload_accounts);
         let app = App {
             config,
             clock,
@@ -125,6 +128,7 @@ impl App {
             policies: Arc::new(policies),
             orgs: OrgService::new(Arc::new(store.clone())),
             journal,
+            reloads,
             journal_task: parking_lot::Mutex::new(Some(journal_task)),
         };
         app.sync_policy_metrics();

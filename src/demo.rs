@@ -342,6 +342,8 @@ call 200 "$GW/svc/storage/objects/hello.txt" -H "authorization: Bearer $DEV"
 step "3. The organization's guardrail forbids deleting objects, but consolidated billing cannot restrict members"
 MEMBER=$(login {m_id} {m_user} '{m_pw}')
 call 200 "$GW/policies" -H "authorization: Bearer $MEMBER"
+call 403 -X POST "$GW/policies/reload" -H "authorization: Bearer $MEMBER"  # the tree is the operator's
+call 200 -X POST "$GW/policies/reload" -H "authorization: Bearer $PAYER"   # the demo's operator is its payer
 call 200 -X DELETE "$GW/svc/storage/objects/hello.txt" -H "authorization: Bearer $DEV"
 
 step "4. The payer enables all features; the invited member {i_name} ({i_id}) approves; the payer finishes"

@@ -140,6 +140,14 @@ pub fn run(args: DemoArgs) -> u8 {
                 return exit::SOFTWARE;
             }
         };
+        // The demo's operator is its payer: it may reload the policy tree through the API (P7).
+        match crate::ids::AccountId::parse(&world.payer.account_id) {
+            Ok(payer) => app.reloads.allow(payer),
+            Err(e) => {
+                eprintln!("tollgate: demo.json names a bad payer account ({e}); start over with --fresh");
+                return exit::SOFTWARE;
+            }
+        }
         let addr = listener
             .local_addr()
             .map(|a| a.to_string())

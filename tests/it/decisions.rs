@@ -117,13 +117,6 @@ async fn organization(
     (payer, member, org.id.to_string())
 }
 
-async fn reload(account: &Account) -> crate::support::client::TestResponse {
-    account
-        .client
-        .post_json("/policies/reload", serde_json::json!({}))
-        .await
-}
-
 /// A call with our own request id, so the test can find its decision.
 async fn call(account: &Account, method: Method, path: &str, request_id: &str) -> StatusCode {
     account
@@ -206,7 +199,7 @@ async fn d1_allow_and_deny_are_recorded_with_the_determining_ids_of_each_tier() 
     let (_payer, member, org_id) = organization(&e, FeatureSet::AllFeatures).await;
     let guardrails = format!("orgs/{org_id}/guardrails.cedar");
     write(&e.policies, &guardrails, FORBID_PUT);
-    assert_eq!(reload(&member).await.status, StatusCode::OK);
+    assert_eq!(e.gw.reload_policies(&member).await.status, StatusCode::OK);
     // A user with no permissions, for an account-tier deny of an API call.
     let r = member
         .client
@@ -439,7 +432,7 @@ async fn d3_explain_shows_the_policy_text_of_the_decisions_own_version() {
     let (payer, member, org_id) = organization(&e, FeatureSet::AllFeatures).await;
     let guardrails = format!("orgs/{org_id}/guardrails.cedar");
     write(&e.policies, &guardrails, FORBID_PUT);
-    assert_eq!(reload(&payer).await.status, StatusCode::OK);
+    assert_eq!(e.gw.reload_policies(&payer).await.status, StatusCode::OK);
     let old_version = e.gw.app.policies.load().version().to_owned();
     assert_eq!(
         call(
@@ -457,7 +450,7 @@ async fn d3_explain_shows_the_policy_text_of_the_decisions_own_version() {
         "forbid (principal, action == Tollgate::Action::\"storage:PutObject\", resource)\nwhen { context.mfa == false };",
     );
     write(&e.policies, &guardrails, &new_text);
-    assert_eq!(reload(&payer).await.status, StatusCode::OK);
+    assert_eq!(e.gw.reload_policies(&payer).await.status, StatusCode::OK);
     assert_ne!(e.gw.app.policies.load().version(), old_version);
     settle(&e).await;
 
@@ -832,7 +825,7 @@ async fn p7_every_reload_attempt_is_recorded_with_its_trigger_and_who_asked() {
         &format!("accounts/{}/extra.cedar", acme.id),
         "@id(\"extra\")\npermit (principal, action == Tollgate::Action::\"storage:GetObject\", resource);\n",
     );
-    let r = reload(&acme).await;
+    let r = e.gw.reload_policies(&acme).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let loaded = e.gw.app.policies.load().version().to_owned();
     let ok_id = r.header("x-request-id").unwrap().to_owned();
@@ -841,7 +834,7 @@ async fn p7_every_reload_attempt_is_recorded_with_its_trigger_and_who_asked() {
         &format!("accounts/{}/bad.cedar", acme.id),
         "permit (principal,",
     );
-    let r = reload(&acme).await;
+    let r = e.gw.reload_policies(&acme).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     let bad_id = r.header("x-request-id").unwrap().to_owned();
     // A reload nobody asked for through the API (SIGHUP's path).
