@@ -205,7 +205,9 @@ pub async fn token(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Re
         ));
     }
     let password_expired = password_expired(app, &user, is_management, now).await?;
-    let issued = app.tokens.issue(&user.account_id, &user.name, false, now)?;
+    let issued = app
+        .tokens
+        .issue_for_access_key(&user.account_id, &user.name, &key.id, now)?;
     token_response(&user, issued, false, password_expired)
 }
 

@@ -76,11 +76,22 @@ pub async fn authenticate(
     }
     let principal = app
         .store
-        .principal(&claims.account, &claims.user, &claims.jti, now)
+        .principal(
+            &claims.account,
+            &claims.user,
+            &claims.jti,
+            claims.access_key.as_ref(),
+            now,
+        )
         .await?
         .ok_or_else(|| invalid_token("the token's user no longer exists"))?;
     if principal.token_revoked {
         return Err(invalid_token("the token was logged out; log in again"));
+    }
+    if principal.access_key_deleted {
+        return Err(invalid_token(
+            "the access key this token was minted from was deleted; get a token with a current key",
+        ));
     }
     if claims.issued_before(principal.user.tokens_valid_after) {
         return Err(invalid_token(

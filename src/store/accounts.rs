@@ -84,6 +84,8 @@ pub struct PrincipalRecord {
     pub organization: Option<OrgMembership>,
     /// Whether the token's `jti` was logged out.
     pub token_revoked: bool,
+    /// The token was minted from an access key that no longer exists (U8).
+    pub access_key_deleted: bool,
     /// The account's metered charges this UTC month so far (for spend-cap policies).
     pub month_to_date_spend: rust_decimal::Decimal,
 }
@@ -153,12 +155,14 @@ pub trait AccountStore: Send + Sync {
         user: &UserName,
     ) -> Result<Option<UserRecord>, StoreError>;
     /// The caller of a request: user, groups, account name, organization, revocation of `jti`,
-    /// and the account's spend in the month of `now`.
+    /// whether the token's `access_key` (if it came from one) still exists, and the account's
+    /// spend in the month of `now`.
     async fn principal(
         &self,
         account: &AccountId,
         user: &UserName,
         jti: &str,
+        access_key: Option<&AccessKeyId>,
         now: DateTime<Utc>,
     ) -> Result<Option<PrincipalRecord>, StoreError>;
     /// Fails with `Conflict` when the name is taken in this account, whatever its case.

@@ -2261,3 +2261,56 @@ async fn u6_a_management_users_access_key_token_calls_services_but_no_api() {
     let r = program.get("/svc/storage/objects/a").await;
     assert_error(&r, StatusCode::UNAUTHORIZED, "InvalidToken");
 }
+
+/// Issue 16 item 10: deleting an access key ends every token minted from it at once, with the
+/// verified-token cache and the caller cache warm; a token from the user's other key, and the
+/// owner's session, go on. The dead token cannot make a new key either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn u8_deleting_an_access_key_ends_its_tokens_at_once() {
+    let (gw, _up) = gateway().await;
+    let acme = gw.account("acme").await;
+    let (key_id, token) = access_key_token(&gw, &acme.client, &acme.id, "owner").await;
+    let (_, other_token) = access_key_token(&gw, &acme.client, &acme.id, "owner").await;
+    let (program, other) = (
+        gw.client.with_token(&token),
+        gw.client.with_token(&other_token),
+    );
+    let claims = jwt_parts(&token).1;
+    assert_eq!(claims["akid"], key_id.as_str(), "the token names its key");
+    for _ in 0..3 {
+        assert_eq!(
+            program.get("/svc/storage/objects/a").await.status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            other.get("/svc/storage/objects/a").await.status,
+            StatusCode::OK
+        );
+    }
+    let keys = format!("/accounts/{}/users/owner/access-keys", acme.id);
+    assert_eq!(program.get(&keys).await.status, StatusCode::OK);
+
+    let r = acme
+        .client
+        .send(Method::DELETE, &format!("{keys}/{key_id}"), &[], Vec::new())
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    assert_error(
+        &program.get("/svc/storage/objects/a").await,
+        StatusCode::UNAUTHORIZED,
+        "InvalidToken",
+    );
+    assert_error(
+        &program.post_json(&keys, json!({})).await,
+        StatusCode::UNAUTHORIZED,
+        "InvalidToken",
+    );
+    assert_eq!(
+        other.get("/svc/storage/objects/a").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        acme.client.get("/svc/storage/objects/a").await.status,
+        StatusCode::OK
+    );
+}

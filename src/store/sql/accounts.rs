@@ -300,6 +300,7 @@ impl AccountStore for SqlStore {
         account: &AccountId,
         user: &UserName,
         jti: &str,
+        access_key: Option<&AccessKeyId>,
         now: DateTime<Utc>,
     ) -> Result<Option<PrincipalRecord>, StoreError> {
         let month = crate::billing::BillingMonth::containing(now)
@@ -317,6 +318,7 @@ impl AccountStore for SqlStore {
         }
         let store = self.clone();
         let account = account.clone();
+        let access_key = access_key.cloned();
         self.call(move |conn| {
             let generation = store.generation();
             let tx = conn.transaction(Behavior::Deferred)?;
@@ -347,14 +349,28 @@ impl AccountStore for SqlStore {
                     .collect()
             };
             let organization = current_organization(&tx, &account)?;
-            let token_revoked = tx
-                .query_row(
-                    "SELECT 1 FROM revoked_tokens WHERE jti = ?1",
-                    params![key.2],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
+            // The token's own state in one statement: logged out, and (for a token from an
+            // access key) whether the key is gone (U8). A deleted key is a changed row, so on
+            // SQLite the caller cache is dropped with it; on PostgreSQL this is read per call.
+            let (token_revoked, access_key_deleted) = match &access_key {
+                None => (
+                    tx.query_row(
+                        "SELECT 1 FROM revoked_tokens WHERE jti = ?1",
+                        params![key.2],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some(),
+                    false,
+                ),
+                Some(id) => tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?1),
+                            EXISTS (SELECT 1 FROM access_keys
+                                    WHERE id = ?2 AND account_id = ?3 AND name_key = ?4)",
+                    params![key.2, id.as_str(), account.as_str(), key.1],
+                    |r| Ok((r.get::<bool>(0)?, !r.get::<bool>(1)?)),
+                )?,
+            };
             let read_spend = || crate::journal::month_to_date_spend(&tx, &account, now);
             let month_to_date_spend = match store.spend_book() {
                 Some(book) => book.get_or_load(account.as_str(), &month, read_spend),
@@ -368,6 +384,7 @@ impl AccountStore for SqlStore {
                 groups,
                 organization,
                 token_revoked,
+                access_key_deleted,
                 month_to_date_spend,
             };
             let cached = PrincipalRecord {
