@@ -946,3 +946,90 @@ async fn p7_a_file_watcher_reload_is_archived_and_recorded() {
         .unwrap();
     assert_eq!(archived, 1);
 }
+
+/// `account` joins the payer's organization by invitation now; returns the time it joined.
+async fn join(
+    gw: &TestGateway,
+    payer: &AccountId,
+    account: &AccountId,
+) -> chrono::DateTime<chrono::Utc> {
+    let invite = gw
+        .app
+        .orgs
+        .invite(payer, account, gw.clock.now())
+        .await
+        .unwrap();
+    gw.app
+        .orgs
+        .accept(account, &invite.id, gw.clock.now())
+        .await
+        .unwrap();
+    gw.clock.now()
+}
+
+async fn get_objects(account: &Account, n: usize) {
+    for _ in 0..n {
+        let r = account.client.get("/svc/storage/objects/a").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+}
+
+/// How many of `member`'s decisions `reader` can list; fails if one is from before `from`.
+async fn listed_since(
+    reader: &Account,
+    member: &Account,
+    from: chrono::DateTime<chrono::Utc>,
+) -> usize {
+    let r = decisions(reader, &format!("account={}", member.id)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let records = r.json()["decisions"].as_array().unwrap().clone();
+    for d in &records {
+        let time = chrono::DateTime::parse_from_rfc3339(d["time"].as_str().unwrap()).unwrap();
+        assert!(
+            time >= from,
+            "a decision from before the member joined: {d}"
+        );
+    }
+    records.len()
+}
+
+/// Issue 16 item 12 (D2): the payer reads a member's decisions only from the time it joined,
+/// never from before; after the member left and re-joined, only from its latest joining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d2_the_payer_sees_a_members_decisions_only_from_when_it_joined() {
+    let e = env().await;
+    let gw = &e.gw;
+    let (payer, _member, _org_id) = organization(&e, FeatureSet::AllFeatures).await;
+    let payer_id = AccountId::parse(&payer.id).unwrap();
+    let late = gw.account("late").await;
+    let late_id = AccountId::parse(&late.id).unwrap();
+
+    get_objects(&late, 3).await; // standalone: its own business
+    gw.clock.advance(ChronoDuration::minutes(10));
+    let first_join = join(gw, &payer_id, &late_id).await;
+    gw.clock.advance(ChronoDuration::minutes(1));
+    get_objects(&late, 1).await;
+    assert_eq!(
+        listed_since(&payer, &late, first_join).await,
+        1,
+        "only the call made as a member"
+    );
+
+    gw.clock.advance(ChronoDuration::minutes(10));
+    gw.app.orgs.leave(&late_id, gw.clock.now()).await.unwrap();
+    gw.clock.advance(ChronoDuration::minutes(1));
+    get_objects(&late, 2).await; // standalone again
+    gw.clock.advance(ChronoDuration::minutes(10));
+    let second_join = join(gw, &payer_id, &late_id).await;
+    gw.clock.advance(ChronoDuration::minutes(1));
+    get_objects(&late, 1).await;
+    assert_eq!(
+        listed_since(&payer, &late, second_join).await,
+        1,
+        "after re-joining: neither the time away nor the earlier membership"
+    );
+    // The member itself still reads all of its own.
+    let r = decisions(&late, "").await;
+    let own = r.json()["decisions"].as_array().unwrap().len();
+    assert!(own >= 7, "{}", r.text());
+}
