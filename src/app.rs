@@ -53,6 +53,8 @@ pub enum StartupError {
     Routes(String),
     #[error("cannot open the signing keys: {0}")]
     Keys(#[from] KeyError),
+    #[error("cannot open the key that seals MFA secrets: {0}")]
+    SecretKey(#[from] crate::auth::sealing::SealError),
     #[error("the policies in `{dir}` are invalid:\n{failure}")]
     Policies { dir: String, failure: LoadFailure },
     #[error("cannot listen on {addr}: {source}")]
@@ -84,6 +86,20 @@ impl App {
             crate::config::chrono_duration(config.auth.token_ttl),
             clock.now(),
         )?;
+        // TOTP secrets are sealed under a key beside the signing keys (a fleet shares both);
+        // secrets stored in plain text by an older version are sealed now, once.
+        let sealer = crate::auth::sealing::SecretSealer::open(&config.store.data_dir.join("keys"))?;
+        let sealed =
+            store
+                .seal_mfa_secrets(sealer)
+                .await
+                .map_err(|source| StartupError::Store {
+                    location: store_location(&config.store),
+                    source,
+                })?;
+        if sealed > 0 {
+            tracing::info!(sealed, "sealed MFA secrets that were stored in plain text");
+        }
         let tokens = TokenIssuer::new(
             Arc::new(keys),
             config.auth.issuer.clone(),

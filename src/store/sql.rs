@@ -39,6 +39,7 @@ use parking_lot::{Mutex, RwLock};
 use super::accounts::PrincipalRecord;
 use super::{Health, StoreError};
 use crate::auth::PasswordPolicyParams;
+use crate::auth::sealing::SecretSealer;
 use crate::config::{StoreConfig, StoreKind};
 use crate::db::{Behavior, Conn, Database, PgDatabase, SqliteDatabase, params};
 use crate::journal::SpendBook;
@@ -529,6 +530,8 @@ struct Inner {
     callers: RwLock<CallerCache>,
     /// The journal's spend book, once the journal is open; without it nothing is cached.
     spend: OnceLock<Arc<SpendBook>>,
+    /// Seals TOTP secrets at rest, once the key is loaded (`auth::sealing`).
+    sealer: OnceLock<SecretSealer>,
 }
 
 /// Most principals (one per live token) or password policies cached; beyond it the cache
@@ -607,6 +610,7 @@ impl SqlStore {
                 generation: AtomicU64::new(0),
                 callers: RwLock::new(CallerCache::default()),
                 spend: OnceLock::new(),
+                sealer: OnceLock::new(),
             }),
         }
     }
@@ -700,6 +704,46 @@ impl SqlStore {
         if !self.inner.db.is_shared() {
             let _ = self.inner.spend.set(book);
         }
+    }
+
+    /// Seals TOTP secrets from now on with `sealer`, and seals every secret still stored in
+    /// plain text (the data migration of issue 16 item 15: it needs the key, which lives in
+    /// the data dir, not in the database, so it runs here rather than as a numbered SQL
+    /// migration). One exclusive transaction: instances of a fleet starting together take
+    /// turns, and the later ones find nothing left to seal. Returns how many were sealed.
+    pub async fn seal_mfa_secrets(&self, sealer: SecretSealer) -> Result<usize, StoreError> {
+        let _ = self.inner.sealer.set(sealer.clone());
+        self.call(move |conn| {
+            let tx = conn.transaction(Behavior::Immediate)?;
+            let plain = tx.query_map(
+                "SELECT account_id, name_key, mfa_secret FROM users
+                 WHERE mfa_secret IS NOT NULL AND mfa_secret NOT LIKE 'v1:%'",
+                params![],
+                |r| {
+                    Ok((
+                        r.get::<String>(0)?,
+                        r.get::<String>(1)?,
+                        r.get::<String>(2)?,
+                    ))
+                },
+            )?;
+            for (account, key, secret) in &plain {
+                let sealed = sealer
+                    .seal(secret, account, key)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                tx.execute(
+                    "UPDATE users SET mfa_secret = ?3 WHERE account_id = ?1 AND name_key = ?2",
+                    params![account, key, sealed],
+                )?;
+            }
+            tx.commit()?;
+            Ok(plain.len())
+        })
+        .await
+    }
+
+    pub(crate) fn sealer(&self) -> Option<SecretSealer> {
+        self.inner.sealer.get().cloned()
     }
 
     pub(crate) fn spend_book(&self) -> Option<&Arc<SpendBook>> {

@@ -2314,3 +2314,83 @@ async fn u8_deleting_an_access_key_ends_its_tokens_at_once() {
         StatusCode::OK
     );
 }
+
+/// Issue 16 item 15: TOTP secrets are sealed at rest (AES-GCM, key beside the signing keys,
+/// 0600), a secret stored in plain text by an older version is sealed at the next start, and
+/// logins with codes work throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn u5_totp_secrets_are_sealed_at_rest_and_old_plain_rows_are_sealed_at_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let start = || {
+        TestGateway::builder(&upstream.url())
+            .data_dir(data.clone())
+            .start()
+    };
+    let mut gw = start().await;
+    let acme = gw.account("acme").await;
+    let secret = enroll_mfa(&gw, &acme.client, &acme.id, "owner").await;
+    let db = crate::support::backend::TestDb(gw.database());
+    let stored = |db: &crate::support::backend::TestDb| -> String {
+        db.query_row(
+            "SELECT mfa_secret FROM users WHERE account_id = ?1 AND name_key = 'owner'",
+            params![acme.id.as_str()],
+            |r| r.get(0),
+        )
+        .expect("mfa_secret")
+    };
+    let at_rest = stored(&db);
+    assert!(at_rest.starts_with("v1:"), "{at_rest}");
+    assert!(
+        !at_rest.contains(&secret),
+        "the secret is stored in plain text"
+    );
+    let key = gw.data_dir.join("keys/mfa-secrets.key");
+    let mode = std::fs::metadata(&key)
+        .expect("key file")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    gw.clock.advance(Duration::seconds(30));
+    let r = login(
+        &gw,
+        &acme.id,
+        "owner",
+        OWNER_PASSWORD,
+        Some(&code_at(&gw, &secret, 0)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // A row as an older version stored it: plain text. The next start seals it.
+    db.execute(
+        "UPDATE users SET mfa_secret = ?2 WHERE account_id = ?1 AND name_key = 'owner'",
+        params![acme.id.as_str(), secret.as_str()],
+    )
+    .expect("plain row");
+    gw.shutdown().await;
+    let clock = gw.clock.now();
+    drop(gw);
+    let gw = start().await;
+    gw.clock.set(clock + Duration::seconds(60));
+    let db = crate::support::backend::TestDb(gw.database());
+    let resealed = stored(&db);
+    assert!(resealed.starts_with("v1:"), "{resealed}");
+    assert!(!resealed.contains(&secret));
+    let r = login(
+        &gw,
+        &acme.id,
+        "owner",
+        OWNER_PASSWORD,
+        Some(&code_at(&gw, &secret, 0)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // A wrong code is still refused.
+    gw.clock.advance(Duration::seconds(30));
+    let r = login(&gw, &acme.id, "owner", OWNER_PASSWORD, Some("000000")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+}
