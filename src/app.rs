@@ -37,6 +37,8 @@ pub struct App {
     pub orgs: OrgService,
     /// The ledger and the decision log: one durable, hash-chained writer.
     pub journal: Journal,
+    /// Who may `POST /policies/reload`, and its rate (P7).
+    pub reloads: crate::api::policies::ReloadGate,
     journal_task: parking_lot::Mutex<Option<JournalTask>>,
 }
 
@@ -54,6 +56,8 @@ pub enum StartupError {
     Routes(String),
     #[error("cannot open the signing keys: {0}")]
     Keys(#[from] KeyError),
+    #[error("cannot open the key that seals MFA secrets: {0}")]
+    SecretKey(#[from] crate::auth::sealing::SealError),
     #[error("the policies in `{dir}` are invalid:\n{failure}")]
     Policies { dir: String, failure: LoadFailure },
     #[error("cannot listen on {addr}: {source}")]
@@ -85,6 +89,20 @@ impl App {
             crate::config::chrono_duration(config.auth.token_ttl),
             clock.now(),
         )?;
+        // TOTP secrets are sealed under a key beside the signing keys (a fleet shares both);
+        // secrets stored in plain text by an older version are sealed now, once.
+        let sealer = crate::auth::sealing::SecretSealer::open(&config.store.data_dir.join("keys"))?;
+        let sealed =
+            store
+                .seal_mfa_secrets(sealer)
+                .await
+                .map_err(|source| StartupError::Store {
+                    location: store_location(&config.store),
+                    source,
+                })?;
+        if sealed > 0 {
+            tracing::info!(sealed, "sealed MFA secrets that were stored in plain text");
+        }
         let tokens = TokenIssuer::new(
             Arc::new(keys),
             config.auth.issuer.clone(),
@@ -121,6 +139,7 @@ impl App {
         // Turns on the store's caller cache: no store round trip per request for the caller.
         store.attach_spend_book(journal.spend_book());
         let deny_throttle = DenyThrottle::new(config.audit.deny_rate);
+        let reloads = crate::api::policies::ReloadGate::new(&config.policies.reload_accounts);
         let app = App {
             config,
             clock,
@@ -134,6 +153,7 @@ impl App {
             policies: Arc::new(policies),
             orgs: OrgService::new(Arc::new(store.clone())),
             journal,
+            reloads,
             journal_task: parking_lot::Mutex::new(Some(journal_task)),
         };
         app.sync_policy_metrics();

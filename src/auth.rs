@@ -43,6 +43,7 @@ pub mod keys;
 pub mod lockout;
 pub mod password;
 pub mod password_policy;
+pub mod sealing;
 pub mod secret;
 pub mod token;
 pub mod totp;

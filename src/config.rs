@@ -85,8 +85,11 @@ pub struct AccountsConfig {
 #[derive(Debug, Clone)]
 pub struct PoliciesConfig {
     pub dir: PathBuf,
-    /// Reload on file change (SIGHUP and `POST /policies/reload` always work).
+    /// Reload on file change (SIGHUP always works).
     pub watch: bool,
+    /// The operator's accounts, whose users may `POST /policies/reload` (P7). Empty by
+    /// default: the tree is the operator's, never a tenant's.
+    pub reload_accounts: Vec<crate::ids::AccountId>,
 }
 
 #[derive(Debug, Clone)]
@@ -353,6 +356,18 @@ impl Config {
         let policies = PoliciesConfig {
             dir: PathBuf::from(raw.policies.dir.as_deref().unwrap_or("policies")),
             watch: raw.policies.watch.unwrap_or(true),
+            reload_accounts: raw
+                .policies
+                .reload_accounts
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| {
+                    p.value(&format!("policies.reload_accounts[{i}]"), v, |v| {
+                        crate::ids::AccountId::parse(v)
+                            .map_err(|_| "expected a 12-digit account id".to_owned())
+                    })
+                })
+                .collect(),
         };
         let billing = BillingConfig {
             finalize_grace: p.duration(

@@ -351,6 +351,8 @@ call 200 "$GW/svc/storage/objects/hello.txt" -H "authorization: Bearer $DEV"
 step "3. The organization's guardrail forbids deleting objects, but consolidated billing cannot restrict members"
 MEMBER=$(login {m_id} {m_user} '{m_pw}')
 call 200 "$GW/policies" -H "authorization: Bearer $MEMBER"
+call 403 -X POST "$GW/policies/reload" -H "authorization: Bearer $MEMBER"  # the tree is the operator's
+call 200 -X POST "$GW/policies/reload" -H "authorization: Bearer $PAYER"   # the demo's operator is its payer
 call 200 -X DELETE "$GW/svc/storage/objects/hello.txt" -H "authorization: Bearer $DEV"
 
 step "4. The payer enables all features; the invited member {i_name} ({i_id}) approves; the payer finishes"
@@ -409,15 +411,22 @@ fn write_file(path: &Path, text: &str) -> Result<(), DemoError> {
     })
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), DemoError> {
+/// Writes `text` to `path` readable by its owner only (0600), also when the file was there
+/// before with a wider mode: the demo's files hold the payer's password and TOTP secret.
+pub fn write_private(path: &Path, text: &str) -> Result<(), DemoError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
+        .map_err(|source| DemoError::Write {
+            path: path.to_owned(),
+            source,
+        })?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(|source| DemoError::Write {
             path: path.to_owned(),
             source,

@@ -27,11 +27,14 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// Liveness and writability, for `/readyz`.
+/// Liveness, for `/readyz`.
 #[async_trait::async_trait]
 pub trait Health: Send + Sync {
-    /// Proves the store accepts a durable write right now.
-    async fn check_writable(&self) -> Result<(), StoreError>;
+    /// Proves the store answers right now and that nothing keeps writers out (the lock a
+    /// write would need is taken and given back). It never writes: a probe called every few
+    /// seconds by an orchestrator must add no durable write and must not drop the caller cache
+    /// (SPEC O2).
+    async fn check_ready(&self) -> Result<(), StoreError>;
 }
 
 /// The store as the rest of the gateway sees it.

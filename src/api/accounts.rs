@@ -259,6 +259,7 @@ pub async fn change_password(
     let allow = Allow {
         enrollment_token: false,
         expired_password: true,
+        management_without_mfa: false,
     };
     let caller = authn::authenticate(app, &req.headers, req.peer, allow).await?;
     let account = own_account(&caller, account)?;
@@ -518,6 +519,7 @@ async fn authenticate_for_mfa(app: &App, req: &ApiRequest) -> Result<Caller, Rej
     let allow = Allow {
         enrollment_token: true,
         expired_password: false,
+        management_without_mfa: false,
     };
     authn::authenticate(app, &req.headers, req.peer, allow).await
 }

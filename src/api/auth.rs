@@ -214,7 +214,9 @@ pub async fn token(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Re
         ));
     }
     let password_expired = password_expired(app, &user, is_management, now).await?;
-    let issued = app.tokens.issue(&user.account_id, &user.name, false, now)?;
+    let issued = app
+        .tokens
+        .issue_for_access_key(&user.account_id, &user.name, &key.id, now)?;
     token_response(&user, issued, false, password_expired)
 }
 
@@ -223,6 +225,7 @@ pub async fn logout(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, R
     let allow = Allow {
         enrollment_token: true,
         expired_password: true,
+        management_without_mfa: true,
     };
     let caller = authn::authenticate(app, &req.headers, req.peer, allow).await?;
     let token = authn::bearer(&req.headers).map(str::to_owned).ok();

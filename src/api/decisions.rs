@@ -3,7 +3,9 @@
 //! Action `audit:ReadDecisions` on the caller's own account. Visibility: an account's reviewers
 //! see the decisions whose principal is a user of their account; in an `ALL_FEATURES`
 //! organization the management account's reviewers also see those of every current member
-//! (in `CONSOLIDATED_BILLING` only their own, as guardrails do not bind there either). Asking
+//! from the time it joined, never from before (and for a member that left and re-joined,
+//! from its latest joining); in `CONSOLIDATED_BILLING` only their own, as guardrails do not
+//! bind there either. Asking
 //! for an account outside that set is 403 `AccessDenied`; a bad parameter is 400
 //! `InvalidInput` naming every bad parameter at once. Reload records are not decisions about
 //! anyone's principal and are not listed here (the operator reads them with the CLI).
@@ -97,7 +99,8 @@ pub async fn list(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Rej
         },
     )?;
     let mut filter = parse_query(req.query.as_deref(), app.clock.now())?;
-    let visible = visible_accounts(app, &caller).await?;
+    let (visible, visible_from) = visible_accounts(app, &caller).await?;
+    filter.visible_from = visible_from;
     filter.accounts = match filter.accounts.pop() {
         Some(asked) if visible.contains(&asked) => vec![asked],
         Some(asked) => {
@@ -127,24 +130,28 @@ pub async fn list(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Rej
     )
 }
 
-/// The accounts whose decisions the caller's reviewers may read (D2).
-async fn visible_accounts(app: &App, caller: &Caller) -> Result<Vec<AccountId>, Rejection> {
+/// The accounts whose decisions the caller's reviewers may read (D2), and for each member of
+/// the caller's organization the time it (last) joined: its decisions from before, including
+/// those of an earlier membership it left, are not the payer's to read.
+async fn visible_accounts(
+    app: &App,
+    caller: &Caller,
+) -> Result<(Vec<AccountId>, Vec<(AccountId, DateTime<Utc>)>), Rejection> {
     let own = caller.principal.user.account_id.clone();
     let mut accounts = vec![own.clone()];
+    let mut from = Vec::new();
     let manages_all_features =
         caller.principal.organization.as_ref().is_some_and(|o| {
             o.feature_set == FeatureSet::AllFeatures && o.management_account == own
         });
     if manages_all_features {
         let view = app.orgs.describe(&own, app.clock.now()).await?;
-        accounts.extend(
-            view.members
-                .into_iter()
-                .map(|m| m.account_id)
-                .filter(|a| *a != own),
-        );
+        for member in view.members.into_iter().filter(|m| m.account_id != own) {
+            from.push((member.account_id.clone(), member.joined_at));
+            accounts.push(member.account_id);
+        }
     }
-    Ok(accounts)
+    Ok((accounts, from))
 }
 
 /// Parses the query; every problem is named in one 400.

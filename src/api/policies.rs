@@ -4,8 +4,18 @@
 //! The tree is the operator's. A caller sees the active version, its own organization's entry,
 //! and the last error's file and message only when that file lies in its own account's or
 //! organization's folder; otherwise `file` is null and the message neutral.
+//!
+//! Only the operator reloads through the API: users of the accounts in
+//! `[policies] reload_accounts` (empty by default), and then as Cedar allows `policy:Reload`.
+//! Anyone else gets 403 `AccessDenied` before any policy runs. One API reload a second across
+//! the instance ([`ReloadGate`]); a faster caller gets 429 `SlowDown` with `Retry-After`.
+//! SIGHUP, the file watcher and the CLI reload without either check.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use parking_lot::{Mutex, RwLock};
 
 use http::{Response, StatusCode};
 use serde::Serialize;
@@ -15,6 +25,7 @@ use crate::api::{self, ApiRequest};
 use crate::app::App;
 use crate::authz::{Diagnostic, LoadFailure, OrgStatusKind, ReloadRequester, ReloadTrigger};
 use crate::body::Body;
+use crate::ids::AccountId;
 use crate::server::authn::{self, Allow, Caller};
 use crate::server::rejection::Rejection;
 
@@ -54,6 +65,56 @@ struct ReloadError<'a> {
     diagnostics: Vec<ErrorView>,
 }
 
+/// At most one API reload in this interval (P7).
+pub const RELOAD_INTERVAL: Duration = Duration::seconds(1);
+
+/// Who may reload the tree through the API, and when the last API reload started.
+#[derive(Debug, Default)]
+pub struct ReloadGate {
+    accounts: RwLock<HashSet<AccountId>>,
+    last: Mutex<Option<DateTime<Utc>>>,
+}
+
+// === impl ReloadGate ===
+
+impl ReloadGate {
+    /// The operator's accounts from `[policies] reload_accounts`.
+    pub fn new(accounts: &[AccountId]) -> Self {
+        Self {
+            accounts: RwLock::new(accounts.iter().cloned().collect()),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Adds an operator account at run time: for a program that creates its operator account
+    /// after the gateway is built (the demo's payer) and for tests. `serve` takes the list
+    /// from the config alone.
+    pub fn allow(&self, account: AccountId) {
+        self.accounts.write().insert(account);
+    }
+
+    pub fn allows(&self, account: &AccountId) -> bool {
+        self.accounts.read().contains(account)
+    }
+
+    /// Takes the reload slot at `now`, or says how many whole seconds until it frees.
+    fn take(&self, now: DateTime<Utc>) -> Result<(), u64> {
+        let mut last = self.last.lock();
+        match *last {
+            Some(at) if now >= at && now - at < RELOAD_INTERVAL => {
+                let wait = RELOAD_INTERVAL - (now - at);
+                Err(u64::try_from(wait.num_milliseconds().max(1))
+                    .unwrap_or(1)
+                    .div_ceil(1000))
+            }
+            _ => {
+                *last = Some(now);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// `GET /policies`.
 pub async fn describe(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Rejection> {
     let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
@@ -79,7 +140,23 @@ pub async fn describe(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>,
 /// diagnostics (the last good set stays active).
 pub async fn reload(app: &Arc<App>, req: ApiRequest) -> Result<Response<Body>, Rejection> {
     let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
+    if !app.reloads.allows(&caller.principal.user.account_id) {
+        return Err(Rejection::new(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "the policy tree is the operator's: only users of the accounts in `[policies] reload_accounts` may reload it through the API (the operator can also send SIGHUP to the gateway, or turn on `[policies] watch`)",
+        ));
+    }
     api::authorize_on_own_account(app, &caller, "policy:Reload", &req)?;
+    if let Err(wait_secs) = app.reloads.take(app.clock.now()) {
+        let mut rejection = Rejection::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "SlowDown",
+            "the policy tree was reloaded less than a second ago; retry after the time in Retry-After",
+        );
+        rejection.retry_after_secs = Some(wait_secs);
+        return Err(rejection);
+    }
     let request_id = req.request_id.clone();
     req.discard_body(app).await?;
     let policies = app.policies.clone();

@@ -6,8 +6,9 @@
 //! signature is checked with that pinned key, and time claims are checked against the injected
 //! `now` (jsonwebtoken's own clock checks are off). `iss` and `aud` must match exactly.
 //!
-//! Revocation is the caller's: it keeps logged-out `jti`s until their `exp`, and a per-user
-//! "tokens valid after" instant set on password change (see [`Claims::issued_before`]).
+//! Revocation is the caller's: it keeps logged-out `jti`s until their `exp`, a per-user
+//! "tokens valid after" instant set on password change (see [`Claims::issued_before`]), and
+//! for a token minted from an access key (`akid`), whether that key still exists.
 //!
 //! # The verified-token cache
 //! An Ed25519 verification costs ~33 us, more than the rest of a request's gateway CPU; a client
@@ -32,6 +33,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use super::access_key::AccessKeyId;
 use super::keys::{KeyRing, Kid};
 use super::secret::Secret;
 use crate::ids::{AccountId, RequestId, UserName};
@@ -74,6 +76,9 @@ pub struct Claims {
     pub scope: Scope,
     /// The request an identity token was made for.
     pub request_id: Option<RequestId>,
+    /// The access key a token from `POST /auth/token` was minted from (`akid`): the token dies
+    /// with the key (U8).
+    pub access_key: Option<AccessKeyId>,
 }
 
 /// A freshly signed token and what the caller needs to answer and to revoke it later.
@@ -152,6 +157,8 @@ struct WireClaims {
     rid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    akid: Option<String>,
 }
 
 /// The header fields looked at before anything else is trusted.
@@ -238,6 +245,29 @@ impl TokenIssuer {
             mfa,
             scope: Scope::Service,
             request_id: None,
+            access_key: None,
+            ttl: self.ttl,
+        };
+        self.sign(draft, now)
+    }
+
+    /// A normal token without MFA for a program that presented access key `key` (U8). It
+    /// names the key (`akid`), so that deleting the key ends the token.
+    pub fn issue_for_access_key(
+        &self,
+        account: &AccountId,
+        user: &UserName,
+        key: &AccessKeyId,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedToken, TokenError> {
+        let draft = Draft {
+            audience: &self.audience,
+            account,
+            user,
+            mfa: false,
+            scope: Scope::Service,
+            request_id: None,
+            access_key: Some(key),
             ttl: self.ttl,
         };
         self.sign(draft, now)
@@ -257,6 +287,7 @@ impl TokenIssuer {
             mfa: false,
             scope: Scope::MfaEnroll,
             request_id: None,
+            access_key: None,
             ttl: MFA_ENROLLMENT_TTL,
         };
         self.sign(draft, now)
@@ -280,6 +311,7 @@ impl TokenIssuer {
             mfa: caller.mfa,
             scope: Scope::Identity,
             request_id: Some(request_id),
+            access_key: None,
             ttl,
         };
         self.sign(draft, now)
@@ -416,6 +448,7 @@ impl TokenIssuer {
             scope: draft.scope.as_str().to_owned(),
             rid: draft.request_id.map(ToString::to_string),
             iat_ms: Some(now.timestamp_millis()),
+            akid: draft.access_key.map(ToString::to_string),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(active.kid.to_string());
@@ -447,6 +480,7 @@ struct Draft<'a> {
     mfa: bool,
     scope: Scope,
     request_id: Option<&'a RequestId>,
+    access_key: Option<&'a AccessKeyId>,
     ttl: Duration,
 }
 
@@ -495,6 +529,10 @@ fn claims_from_wire(wire: WireClaims) -> Result<(Claims, Option<DateTime<Utc>>),
         Some(rid) => Some(RequestId::parse(&rid).map_err(|_| TokenError::Malformed)?),
         None => None,
     };
+    let access_key = match wire.akid {
+        Some(id) => Some(AccessKeyId::parse(&id).map_err(|_| TokenError::Malformed)?),
+        None => None,
+    };
     let issued_at = match wire.iat_ms {
         // The precise instant must agree with `iat`, or the token is not one of ours.
         Some(ms) if ms.div_euclid(1000) == wire.iat => DateTime::from_timestamp_millis(ms),
@@ -521,6 +559,7 @@ fn claims_from_wire(wire: WireClaims) -> Result<(Claims, Option<DateTime<Utc>>),
         jti: wire.jti,
         scope,
         request_id,
+        access_key,
     };
     Ok((claims, not_before))
 }

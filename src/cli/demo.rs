@@ -140,6 +140,14 @@ pub fn run(args: DemoArgs) -> u8 {
                 return exit::SOFTWARE;
             }
         };
+        // The demo's operator is its payer: it may reload the policy tree through the API (P7).
+        match crate::ids::AccountId::parse(&world.payer.account_id) {
+            Ok(payer) => app.reloads.allow(payer),
+            Err(e) => {
+                eprintln!("tollgate: demo.json names a bad payer account ({e}); start over with --fresh");
+                return exit::SOFTWARE;
+            }
+        }
         let addr = listener
             .local_addr()
             .map(|a| a.to_string())
@@ -152,8 +160,9 @@ pub fn run(args: DemoArgs) -> u8 {
         let script = demo::walkthrough(&world, &gateway, &exe, &month)
             .replace("<data>", &app.config.store.data_dir.display().to_string());
         let script_path = app.config.store.data_dir.join("walkthrough.sh");
-        if let Err(e) = std::fs::write(&script_path, &script) {
-            eprintln!("tollgate: cannot write `{}`: {e}", script_path.display());
+        // 0600 like the rest of the data dir: it holds the payer's password and TOTP secret.
+        if let Err(e) = demo::write_private(&script_path, &script) {
+            eprintln!("tollgate: {e}");
         }
         say(&format!("tollgate: listening on {gateway}"));
         say(&format!("tollgate demo: services {}", services.join(", ")));

@@ -66,6 +66,7 @@ pub struct RawAccounts {
 pub struct RawPolicies {
     pub dir: Option<String>,
     pub watch: Option<bool>,
+    pub reload_accounts: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -55,6 +55,9 @@ pub struct FinalMonth {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DecisionFilter {
     pub accounts: Vec<AccountId>,
+    /// Accounts of `accounts` visible only from a time on (inclusive): a member, to its
+    /// management account, from when it joined, never before (D2).
+    pub visible_from: Vec<(AccountId, DateTime<Utc>)>,
     /// Matched regardless of case, like user names.
     pub user: Option<UserName>,
     pub action: Option<String>,
@@ -356,16 +359,34 @@ pub fn query_decisions(conn: &Conn, filter: &DecisionFilter) -> Result<Page, Que
             next_cursor: None,
         });
     }
+    // Each account either whole, or from its `visible_from` time on.
+    let mut whole = Vec::new();
+    let mut scopes = Vec::new();
+    let mut args: Vec<SqlValue> = Vec::new();
+    for account in &filter.accounts {
+        match filter.visible_from.iter().find(|(a, _)| a == account) {
+            Some((_, from)) => {
+                scopes.push("(account_id = ? AND time >= ?)".to_owned());
+                args.push(SqlValue::Text(account.as_str().to_owned()));
+                args.push(SqlValue::Integer(to_ms(*from)));
+            }
+            None => whole.push(SqlValue::Text(account.as_str().to_owned())),
+        }
+    }
+    if !whole.is_empty() {
+        scopes.insert(
+            0,
+            format!("account_id IN ({})", vec!["?"; whole.len()].join(", ")),
+        );
+        let scoped = std::mem::take(&mut args);
+        args = whole;
+        args.extend(scoped);
+    }
     let mut sql = format!(
-        "SELECT seq, prev_hash, hash, {} FROM decisions WHERE kind IN ('service', 'api') AND account_id IN ({})",
+        "SELECT seq, prev_hash, hash, {} FROM decisions WHERE kind IN ('service', 'api') AND ({})",
         decisions::COLUMNS,
-        vec!["?"; filter.accounts.len()].join(", ")
+        scopes.join(" OR ")
     );
-    let mut args: Vec<SqlValue> = filter
-        .accounts
-        .iter()
-        .map(|a| SqlValue::Text(a.as_str().to_owned()))
-        .collect();
     if let Some(user) = &filter.user {
         sql.push_str(match conn.dialect() {
             // Matches the index on `user_name COLLATE NOCASE` / `lower(user_name)`.

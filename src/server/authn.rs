@@ -2,8 +2,9 @@
 //! store in one go (groups, organization, revocation, password age), and the rules that hold
 //! for every authenticated request: logged-out tokens and tokens from before a password change
 //! are refused; an enrollment-only token is good for MFA enrollment alone (U6); a management
-//! account's user without MFA gets nothing else (U6); an expired password allows only a
-//! password change (U2).
+//! account's user without MFA gets nothing else (U6), and a management user's token without
+//! MFA (an access-key token) calls services but nothing of the JSON API (U6); an expired
+//! password allows only a password change (U2).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -32,6 +33,10 @@ pub struct Allow {
     pub enrollment_token: bool,
     /// A caller whose password expired (the password change endpoint only).
     pub expired_password: bool,
+    /// A management-account user's token without MFA (an access-key token): good for service
+    /// calls (`/svc/...`) and for logout, which only gives the token up; every other JSON API
+    /// call refuses it (U6).
+    pub management_without_mfa: bool,
 }
 
 // === impl Caller ===
@@ -71,11 +76,22 @@ pub async fn authenticate(
     }
     let principal = app
         .store
-        .principal(&claims.account, &claims.user, &claims.jti, now)
+        .principal(
+            &claims.account,
+            &claims.user,
+            &claims.jti,
+            claims.access_key.as_ref(),
+            now,
+        )
         .await?
         .ok_or_else(|| invalid_token("the token's user no longer exists"))?;
     if principal.token_revoked {
         return Err(invalid_token("the token was logged out; log in again"));
+    }
+    if principal.access_key_deleted {
+        return Err(invalid_token(
+            "the access key this token was minted from was deleted; get a token with a current key",
+        ));
     }
     if claims.issued_before(principal.user.tokens_valid_after) {
         return Err(invalid_token(
@@ -93,6 +109,20 @@ pub async fn authenticate(
             StatusCode::FORBIDDEN,
             "MfaEnrollmentRequired",
             "users of a management account must enroll MFA first: POST /accounts/{id}/users/{user}/mfa, then .../mfa/verify",
+        ));
+    }
+
+    // Access-key tokens carry `mfa=false`; a management user's must not reach the API (U6),
+    // where they could create accounts, invite, or read the organization's decisions.
+    if is_management
+        && !claims.mfa
+        && claims.scope == Scope::Service
+        && !allow.management_without_mfa
+    {
+        return Err(Rejection::new(
+            StatusCode::FORBIDDEN,
+            "MfaRequired",
+            "a management account's token without MFA (an access-key token) may call services only; for the API, log in with POST /auth/login and an MFA code",
         ));
     }
 

@@ -30,8 +30,9 @@ pub struct AccountRecord {
     pub created_at: DateTime<Utc>,
 }
 
-/// A user's MFA state: enrollment gives a secret, a first good code turns it on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A user's MFA state: enrollment gives a secret, a first good code turns it on. `Debug`
+/// never shows the secret (U3).
+#[derive(Clone, PartialEq, Eq)]
 pub enum MfaState {
     Off,
     Pending {
@@ -41,6 +42,24 @@ pub enum MfaState {
         secret: String,
         last_step: Option<u64>,
     },
+}
+
+impl std::fmt::Debug for MfaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const REDACTED: &str = "[redacted]";
+        match self {
+            Self::Off => f.write_str("Off"),
+            Self::Pending { .. } => f
+                .debug_struct("Pending")
+                .field("secret", &format_args!("{REDACTED}"))
+                .finish(),
+            Self::On { last_step, .. } => f
+                .debug_struct("On")
+                .field("secret", &format_args!("{REDACTED}"))
+                .field("last_step", last_step)
+                .finish(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +84,8 @@ pub struct PrincipalRecord {
     pub organization: Option<OrgMembership>,
     /// Whether the token's `jti` was logged out.
     pub token_revoked: bool,
+    /// The token was minted from an access key that no longer exists (U8).
+    pub access_key_deleted: bool,
     /// The account's metered charges this UTC month so far (for spend-cap policies).
     pub month_to_date_spend: rust_decimal::Decimal,
 }
@@ -134,12 +155,14 @@ pub trait AccountStore: Send + Sync {
         user: &UserName,
     ) -> Result<Option<UserRecord>, StoreError>;
     /// The caller of a request: user, groups, account name, organization, revocation of `jti`,
-    /// and the account's spend in the month of `now`.
+    /// whether the token's `access_key` (if it came from one) still exists, and the account's
+    /// spend in the month of `now`.
     async fn principal(
         &self,
         account: &AccountId,
         user: &UserName,
         jti: &str,
+        access_key: Option<&AccessKeyId>,
         now: DateTime<Utc>,
     ) -> Result<Option<PrincipalRecord>, StoreError>;
     /// Fails with `Conflict` when the name is taken in this account, whatever its case.
@@ -273,4 +296,29 @@ pub trait AccountStore: Send + Sync {
         expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 16 item 15: a `Debug` of a user (logs, panics, traces) never shows the TOTP secret.
+    #[test]
+    fn u3_mfa_state_debug_redacts_the_secret() {
+        let secret = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP".to_owned();
+        for state in [
+            MfaState::Pending {
+                secret: secret.clone(),
+            },
+            MfaState::On {
+                secret: secret.clone(),
+                last_step: Some(7),
+            },
+        ] {
+            let shown = format!("{state:?} {state:#?}");
+            assert!(!shown.contains(&secret), "{shown}");
+            assert!(shown.contains("[redacted]"), "{shown}");
+        }
+        assert_eq!(format!("{:?}", MfaState::Off), "Off");
+    }
 }

@@ -40,6 +40,7 @@ use parking_lot::{Mutex, RwLock};
 use super::accounts::PrincipalRecord;
 use super::{Health, StoreError};
 use crate::auth::PasswordPolicyParams;
+use crate::auth::sealing::SecretSealer;
 use crate::config::{StoreConfig, StoreKind};
 use crate::db::{Behavior, Conn, Database, PgDatabase, SqliteDatabase, params};
 use crate::journal::SpendBook;
@@ -579,6 +580,8 @@ struct Inner {
     callers: RwLock<CallerCache>,
     /// The journal's spend book, once the journal is open; without it nothing is cached.
     spend: OnceLock<Arc<SpendBook>>,
+    /// Seals TOTP secrets at rest, once the key is loaded (`auth::sealing`).
+    sealer: OnceLock<SecretSealer>,
 }
 
 /// Most principals (one per live token) or password policies cached; beyond it the cache
@@ -657,6 +660,7 @@ impl SqlStore {
                 generation: AtomicU64::new(0),
                 callers: RwLock::new(CallerCache::default()),
                 spend: OnceLock::new(),
+                sealer: OnceLock::new(),
             }),
         }
     }
@@ -772,13 +776,54 @@ impl SqlStore {
         }
     }
 
+    /// Seals TOTP secrets from now on with `sealer`, and seals every secret still stored in
+    /// plain text (the data migration of issue 16 item 15: it needs the key, which lives in
+    /// the data dir, not in the database, so it runs here rather than as a numbered SQL
+    /// migration). One exclusive transaction: instances of a fleet starting together take
+    /// turns, and the later ones find nothing left to seal. Returns how many were sealed.
+    pub async fn seal_mfa_secrets(&self, sealer: SecretSealer) -> Result<usize, StoreError> {
+        let _ = self.inner.sealer.set(sealer.clone());
+        self.call(move |conn| {
+            let tx = conn.transaction(Behavior::Immediate)?;
+            let plain = tx.query_map(
+                "SELECT account_id, name_key, mfa_secret FROM users
+                 WHERE mfa_secret IS NOT NULL AND mfa_secret NOT LIKE 'v1:%'",
+                params![],
+                |r| {
+                    Ok((
+                        r.get::<String>(0)?,
+                        r.get::<String>(1)?,
+                        r.get::<String>(2)?,
+                    ))
+                },
+            )?;
+            for (account, key, secret) in &plain {
+                let sealed = sealer
+                    .seal(secret, account, key)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                tx.execute(
+                    "UPDATE users SET mfa_secret = ?3 WHERE account_id = ?1 AND name_key = ?2",
+                    params![account, key, sealed],
+                )?;
+            }
+            tx.commit()?;
+            Ok(plain.len())
+        })
+        .await
+    }
+
+    pub(crate) fn sealer(&self) -> Option<SecretSealer> {
+        self.inner.sealer.get().cloned()
+    }
+
     pub(crate) fn spend_book(&self) -> Option<&Arc<SpendBook>> {
         self.inner.spend.get()
     }
 
     /// The store's generation, read while holding the connection (so it matches the rows
-    /// read under the same lock).
-    pub(crate) fn generation(&self) -> u64 {
+    /// read under the same lock). Public for tests and diagnostics: it moves on with every
+    /// write, and with it the caller cache is dropped.
+    pub fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Acquire)
     }
 
@@ -839,11 +884,23 @@ fn apply_migrations(
 
 #[async_trait::async_trait]
 impl Health for SqlStore {
-    async fn check_writable(&self) -> Result<(), StoreError> {
+    async fn check_ready(&self) -> Result<(), StoreError> {
         self.call(|conn| {
-            conn.execute(
-                "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'probe'",
+            // A lock that a writer would need, taken and given back with nothing written:
+            // SQLite's write lock; on PostgreSQL a lock on `meta` that conflicts only with a
+            // lock held to keep writers out. Then one read. The transaction rolls back on drop.
+            let tx = match conn.dialect() {
+                crate::db::Dialect::Sqlite => conn.transaction(Behavior::Immediate)?,
+                crate::db::Dialect::Postgres => {
+                    let tx = conn.transaction(Behavior::Deferred)?;
+                    tx.execute_batch("LOCK TABLE meta IN ROW SHARE MODE")?;
+                    tx
+                }
+            };
+            tx.query_row(
+                "SELECT value FROM meta WHERE key = 'created_by'",
                 params![],
+                |r| r.get::<String>(0),
             )?;
             Ok(())
         })
@@ -889,8 +946,9 @@ mod tests {
         };
         assert_eq!(mode(&data), 0o700);
         assert_eq!(mode(store.path().unwrap()), 0o600);
+        store.check_ready().await.unwrap_or_else(|e| panic!("{e}"));
         store
-            .check_writable()
+            .call(|c| Ok(c.execute("UPDATE meta SET value = '1' WHERE key = 'probe'", params![])?))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         drop(store);

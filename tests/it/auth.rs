@@ -2153,3 +2153,244 @@ async fn f2_the_upstream_gets_a_verifiable_identity_token() {
         .await;
     assert_error(&r, StatusCode::UNAUTHORIZED, "InvalidToken");
 }
+
+/// A token for a new access key of `user`, minted with `POST /auth/token`; returns the key id
+/// and the token.
+async fn access_key_token(
+    gw: &TestGateway,
+    owner: &Client,
+    account: &str,
+    user: &str,
+) -> (String, String) {
+    let r = owner
+        .post_json(
+            &format!("/accounts/{account}/users/{user}/access-keys"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let key_id = r.json()["access_key_id"].as_str().expect("id").to_owned();
+    let r = gw
+        .client
+        .post_json(
+            "/auth/token",
+            json!({"access_key_id": key_id, "secret": r.json()["secret"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["mfa"], false);
+    (
+        key_id,
+        r.json()["token"].as_str().expect("token").to_owned(),
+    )
+}
+
+/// Issue 16 item 6: a management-account user's access-key token (`mfa=false`) calls services,
+/// and every JSON API call with it is 403 `MfaRequired`; other accounts' key tokens keep the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn u6_a_management_users_access_key_token_calls_services_but_no_api() {
+    let (gw, _up) = gateway().await;
+    let payer = gw.account("payer").await;
+    let other = gw.account("other").await;
+    let secret = enroll_mfa(&gw, &payer.client, &payer.id, "owner").await;
+    make_management(&gw, &payer.id).await;
+    gw.clock.advance(Duration::seconds(30));
+    let r = login(
+        &gw,
+        &payer.id,
+        "owner",
+        OWNER_PASSWORD,
+        Some(&code_at(&gw, &secret, 0)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let owner = gw
+        .client
+        .with_token(r.json()["token"].as_str().expect("token"));
+    let (_, token) = access_key_token(&gw, &owner, &payer.id, "owner").await;
+    let program = gw.client.with_token(&token);
+
+    let r = program.get("/svc/storage/objects/a").await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "services are allowed: {}",
+        r.text()
+    );
+    let org_before = owner.get("/org").await.json();
+    let new_member = json!({"name": "m", "email": "m@example.com", "owner_user": "owner", "owner_password": OWNER_PASSWORD});
+    for r in [
+        program.post_json("/org/accounts", new_member.clone()).await,
+        program
+            .post_json("/org/invitations", json!({"account_id": other.id}))
+            .await,
+        program.get("/decisions").await,
+        program.get("/org").await,
+        program.get("/policies").await,
+        program
+            .get(&format!("/accounts/{}/users/owner/access-keys", payer.id))
+            .await,
+        program
+            .post_json(
+                &format!("/accounts/{}/users/owner/access-keys", payer.id),
+                json!({}),
+            )
+            .await,
+        create_user(&program, &payer.id, "eve", DEV_PASSWORD).await,
+    ] {
+        assert_error(&r, StatusCode::FORBIDDEN, "MfaRequired");
+    }
+    // The same user with MFA keeps the API, and nothing was created by the refused calls.
+    let r = owner.get("/org").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["members"], org_before["members"]);
+    assert_eq!(r.json()["handshakes"], org_before["handshakes"]);
+    assert_eq!(
+        owner.post_json("/org/accounts", new_member).await.status,
+        StatusCode::CREATED
+    );
+
+    // A standalone account's access-key token is not a management user's: the API stays open.
+    let (_, token) = access_key_token(&gw, &other.client, &other.id, "owner").await;
+    let r = gw.client.with_token(&token).get("/decisions").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // Giving the token up is allowed: logout only takes away.
+    let r = program.post_json("/auth/logout", json!({})).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    let r = program.get("/svc/storage/objects/a").await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "InvalidToken");
+}
+
+/// Issue 16 item 10: deleting an access key ends every token minted from it at once, with the
+/// verified-token cache and the caller cache warm; a token from the user's other key, and the
+/// owner's session, go on. The dead token cannot make a new key either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn u8_deleting_an_access_key_ends_its_tokens_at_once() {
+    let (gw, _up) = gateway().await;
+    let acme = gw.account("acme").await;
+    let (key_id, token) = access_key_token(&gw, &acme.client, &acme.id, "owner").await;
+    let (_, other_token) = access_key_token(&gw, &acme.client, &acme.id, "owner").await;
+    let (program, other) = (
+        gw.client.with_token(&token),
+        gw.client.with_token(&other_token),
+    );
+    let claims = jwt_parts(&token).1;
+    assert_eq!(claims["akid"], key_id.as_str(), "the token names its key");
+    for _ in 0..3 {
+        assert_eq!(
+            program.get("/svc/storage/objects/a").await.status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            other.get("/svc/storage/objects/a").await.status,
+            StatusCode::OK
+        );
+    }
+    let keys = format!("/accounts/{}/users/owner/access-keys", acme.id);
+    assert_eq!(program.get(&keys).await.status, StatusCode::OK);
+
+    let r = acme
+        .client
+        .send(Method::DELETE, &format!("{keys}/{key_id}"), &[], Vec::new())
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    assert_error(
+        &program.get("/svc/storage/objects/a").await,
+        StatusCode::UNAUTHORIZED,
+        "InvalidToken",
+    );
+    assert_error(
+        &program.post_json(&keys, json!({})).await,
+        StatusCode::UNAUTHORIZED,
+        "InvalidToken",
+    );
+    assert_eq!(
+        other.get("/svc/storage/objects/a").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        acme.client.get("/svc/storage/objects/a").await.status,
+        StatusCode::OK
+    );
+}
+
+/// Issue 16 item 15: TOTP secrets are sealed at rest (AES-GCM, key beside the signing keys,
+/// 0600), a secret stored in plain text by an older version is sealed at the next start, and
+/// logins with codes work throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn u5_totp_secrets_are_sealed_at_rest_and_old_plain_rows_are_sealed_at_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let start = || {
+        TestGateway::builder(&upstream.url())
+            .data_dir(data.clone())
+            .start()
+    };
+    let mut gw = start().await;
+    let acme = gw.account("acme").await;
+    let secret = enroll_mfa(&gw, &acme.client, &acme.id, "owner").await;
+    let db = crate::support::backend::TestDb(gw.database());
+    let stored = |db: &crate::support::backend::TestDb| -> String {
+        db.query_row(
+            "SELECT mfa_secret FROM users WHERE account_id = ?1 AND name_key = 'owner'",
+            params![acme.id.as_str()],
+            |r| r.get(0),
+        )
+        .expect("mfa_secret")
+    };
+    let at_rest = stored(&db);
+    assert!(at_rest.starts_with("v1:"), "{at_rest}");
+    assert!(
+        !at_rest.contains(&secret),
+        "the secret is stored in plain text"
+    );
+    let key = gw.data_dir.join("keys/mfa-secrets.key");
+    let mode = std::fs::metadata(&key)
+        .expect("key file")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    gw.clock.advance(Duration::seconds(30));
+    let r = login(
+        &gw,
+        &acme.id,
+        "owner",
+        OWNER_PASSWORD,
+        Some(&code_at(&gw, &secret, 0)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // A row as an older version stored it: plain text. The next start seals it.
+    db.execute(
+        "UPDATE users SET mfa_secret = ?2 WHERE account_id = ?1 AND name_key = 'owner'",
+        params![acme.id.as_str(), secret.as_str()],
+    )
+    .expect("plain row");
+    gw.shutdown().await;
+    let clock = gw.clock.now();
+    drop(gw);
+    let gw = start().await;
+    gw.clock.set(clock + Duration::seconds(60));
+    let db = crate::support::backend::TestDb(gw.database());
+    let resealed = stored(&db);
+    assert!(resealed.starts_with("v1:"), "{resealed}");
+    assert!(!resealed.contains(&secret));
+    let r = login(
+        &gw,
+        &acme.id,
+        "owner",
+        OWNER_PASSWORD,
+        Some(&code_at(&gw, &secret, 0)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // A wrong code is still refused.
+    gw.clock.advance(Duration::seconds(30));
+    let r = login(&gw, &acme.id, "owner", OWNER_PASSWORD, Some("000000")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+}

@@ -95,10 +95,7 @@ async fn u10_group_changes_apply_from_the_next_request_with_the_caches_warm() {
         ),
     )
     .unwrap();
-    let r = acme
-        .client
-        .post_json("/policies/reload", serde_json::json!({}))
-        .await;
+    let r = gw.reload_policies(&acme).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let reader = gw
         .client
@@ -161,10 +158,7 @@ async fn p5_a_spend_cap_sees_every_acknowledged_call_with_the_caches_warm() {
         "@id(\"spend-cap\")\nforbid (principal, action == Tollgate::Action::\"storage:GetObject\", resource)\nwhen { context.month_to_date_spend.greaterThan(decimal(\"0.0011\")) };\n",
     )
     .unwrap();
-    let r = acme
-        .client
-        .post_json("/policies/reload", serde_json::json!({}))
-        .await;
+    let r = gw.reload_policies(&acme).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     for i in 0..3 {
         let r = acme.client.get(OBJECT).await;

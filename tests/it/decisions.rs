@@ -122,13 +122,6 @@ async fn organization(
     (payer, member, org.id.to_string())
 }
 
-async fn reload(account: &Account) -> crate::support::client::TestResponse {
-    account
-        .client
-        .post_json("/policies/reload", serde_json::json!({}))
-        .await
-}
-
 /// A call with our own request id, so the test can find its decision.
 async fn call(account: &Account, method: Method, path: &str, request_id: &str) -> StatusCode {
     account
@@ -211,7 +204,7 @@ async fn d1_allow_and_deny_are_recorded_with_the_determining_ids_of_each_tier() 
     let (_payer, member, org_id) = organization(&e, FeatureSet::AllFeatures).await;
     let guardrails = format!("orgs/{org_id}/guardrails.cedar");
     write(&e.policies, &guardrails, FORBID_PUT);
-    assert_eq!(reload(&member).await.status, StatusCode::OK);
+    assert_eq!(e.gw.reload_policies(&member).await.status, StatusCode::OK);
     // A user with no permissions, for an account-tier deny of an API call.
     let r = member
         .client
@@ -444,7 +437,7 @@ async fn d3_explain_shows_the_policy_text_of_the_decisions_own_version() {
     let (payer, member, org_id) = organization(&e, FeatureSet::AllFeatures).await;
     let guardrails = format!("orgs/{org_id}/guardrails.cedar");
     write(&e.policies, &guardrails, FORBID_PUT);
-    assert_eq!(reload(&payer).await.status, StatusCode::OK);
+    assert_eq!(e.gw.reload_policies(&payer).await.status, StatusCode::OK);
     let old_version = e.gw.app.policies.load().version().to_owned();
     assert_eq!(
         call(
@@ -462,7 +455,7 @@ async fn d3_explain_shows_the_policy_text_of_the_decisions_own_version() {
         "forbid (principal, action == Tollgate::Action::\"storage:PutObject\", resource)\nwhen { context.mfa == false };",
     );
     write(&e.policies, &guardrails, &new_text);
-    assert_eq!(reload(&payer).await.status, StatusCode::OK);
+    assert_eq!(e.gw.reload_policies(&payer).await.status, StatusCode::OK);
     assert_ne!(e.gw.app.policies.load().version(), old_version);
     settle(&e).await;
 
@@ -838,7 +831,7 @@ async fn p7_every_reload_attempt_is_recorded_with_its_trigger_and_who_asked() {
         &format!("accounts/{}/extra.cedar", acme.id),
         "@id(\"extra\")\npermit (principal, action == Tollgate::Action::\"storage:GetObject\", resource);\n",
     );
-    let r = reload(&acme).await;
+    let r = e.gw.reload_policies(&acme).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let loaded = e.gw.app.policies.load().version().to_owned();
     let ok_id = r.header("x-request-id").unwrap().to_owned();
@@ -847,7 +840,7 @@ async fn p7_every_reload_attempt_is_recorded_with_its_trigger_and_who_asked() {
         &format!("accounts/{}/bad.cedar", acme.id),
         "permit (principal,",
     );
-    let r = reload(&acme).await;
+    let r = e.gw.reload_policies(&acme).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     let bad_id = r.header("x-request-id").unwrap().to_owned();
     // A reload nobody asked for through the API (SIGHUP's path).
@@ -958,4 +951,91 @@ async fn p7_a_file_watcher_reload_is_archived_and_recorded() {
         )
         .unwrap();
     assert_eq!(archived, 1);
+}
+
+/// `account` joins the payer's organization by invitation now; returns the time it joined.
+async fn join(
+    gw: &TestGateway,
+    payer: &AccountId,
+    account: &AccountId,
+) -> chrono::DateTime<chrono::Utc> {
+    let invite = gw
+        .app
+        .orgs
+        .invite(payer, account, gw.clock.now())
+        .await
+        .unwrap();
+    gw.app
+        .orgs
+        .accept(account, &invite.id, gw.clock.now())
+        .await
+        .unwrap();
+    gw.clock.now()
+}
+
+async fn get_objects(account: &Account, n: usize) {
+    for _ in 0..n {
+        let r = account.client.get("/svc/storage/objects/a").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+}
+
+/// How many of `member`'s decisions `reader` can list; fails if one is from before `from`.
+async fn listed_since(
+    reader: &Account,
+    member: &Account,
+    from: chrono::DateTime<chrono::Utc>,
+) -> usize {
+    let r = decisions(reader, &format!("account={}", member.id)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let records = r.json()["decisions"].as_array().unwrap().clone();
+    for d in &records {
+        let time = chrono::DateTime::parse_from_rfc3339(d["time"].as_str().unwrap()).unwrap();
+        assert!(
+            time >= from,
+            "a decision from before the member joined: {d}"
+        );
+    }
+    records.len()
+}
+
+/// Issue 16 item 12 (D2): the payer reads a member's decisions only from the time it joined,
+/// never from before; after the member left and re-joined, only from its latest joining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d2_the_payer_sees_a_members_decisions_only_from_when_it_joined() {
+    let e = env().await;
+    let gw = &e.gw;
+    let (payer, _member, _org_id) = organization(&e, FeatureSet::AllFeatures).await;
+    let payer_id = AccountId::parse(&payer.id).unwrap();
+    let late = gw.account("late").await;
+    let late_id = AccountId::parse(&late.id).unwrap();
+
+    get_objects(&late, 3).await; // standalone: its own business
+    gw.clock.advance(ChronoDuration::minutes(10));
+    let first_join = join(gw, &payer_id, &late_id).await;
+    gw.clock.advance(ChronoDuration::minutes(1));
+    get_objects(&late, 1).await;
+    assert_eq!(
+        listed_since(&payer, &late, first_join).await,
+        1,
+        "only the call made as a member"
+    );
+
+    gw.clock.advance(ChronoDuration::minutes(10));
+    gw.app.orgs.leave(&late_id, gw.clock.now()).await.unwrap();
+    gw.clock.advance(ChronoDuration::minutes(1));
+    get_objects(&late, 2).await; // standalone again
+    gw.clock.advance(ChronoDuration::minutes(10));
+    let second_join = join(gw, &payer_id, &late_id).await;
+    gw.clock.advance(ChronoDuration::minutes(1));
+    get_objects(&late, 1).await;
+    assert_eq!(
+        listed_since(&payer, &late, second_join).await,
+        1,
+        "after re-joining: neither the time away nor the earlier membership"
+    );
+    // The member itself still reads all of its own.
+    let r = decisions(&late, "").await;
+    let own = r.json()["decisions"].as_array().unwrap().len();
+    assert!(own >= 7, "{}", r.text());
 }

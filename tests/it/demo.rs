@@ -120,3 +120,29 @@ fn reqwest_free_get(url: &str) -> String {
     let _ = stream.read_to_string(&mut out);
     out
 }
+
+/// Issue 16 item 16: the walkthrough holds the payer's password and TOTP secret, so it is
+/// 0600 like the rest of the data dir, also when an older start left it world-readable.
+#[test]
+fn o1_the_demo_walkthrough_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("data/demo/walkthrough.sh");
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .expect("walkthrough.sh exists")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let first = start_demo(dir.path(), true);
+    assert_eq!(mode(&script), 0o600, "a fresh demo writes it 0600");
+    drop(first);
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let _second = start_demo(dir.path(), false);
+    assert_eq!(
+        mode(&script),
+        0o600,
+        "a restart narrows an older, wider file"
+    );
+}

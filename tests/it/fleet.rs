@@ -338,3 +338,47 @@ async fn o3_u4_an_unknown_user_is_counted_and_locked_across_the_fleet() {
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
     assert_eq!(r.error_code(), "UserLocked");
 }
+
+/// Issue 16 item 10 on a fleet: a key deleted through one instance ends its tokens on the other
+/// at once, though that instance had just served them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn u8_a_key_deleted_on_one_instance_ends_its_tokens_on_the_other_at_once() {
+    let Some(f) =
+        fleet("u8_a_key_deleted_on_one_instance_ends_its_tokens_on_the_other_at_once").await
+    else {
+        return;
+    };
+    let acme = f.a.account("acme").await;
+    let keys = format!("/accounts/{}/users/owner/access-keys", acme.id);
+    let r = acme.client.post_json(&keys, json!({})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let key_id = r.json()["access_key_id"].as_str().expect("id").to_owned();
+    let r = Client::new(&f.b.url())
+        .post_json(
+            "/auth/token",
+            json!({"access_key_id": key_id, "secret": r.json()["secret"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let token = r.json()["token"].as_str().expect("token").to_owned();
+    let (on_a, on_b) = (
+        Client::new(&f.a.url()).with_token(&token),
+        Client::new(&f.b.url()).with_token(&token),
+    );
+    for _ in 0..3 {
+        for client in [&on_a, &on_b] {
+            let r = client.get("/svc/storage/objects/a").await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        }
+    }
+    let r = acme
+        .client
+        .send(Method::DELETE, &format!("{keys}/{key_id}"), &[], Vec::new())
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    for client in [&on_b, &on_a] {
+        let r = client.get("/svc/storage/objects/a").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+        assert_eq!(r.error_code(), "InvalidToken");
+    }
+}

@@ -53,10 +53,7 @@ permit (
             acme.id
         ),
     );
-    let r = acme
-        .client
-        .post_json("/policies/reload", serde_json::json!({}))
-        .await;
+    let r = gw.reload_policies(&acme).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 
     // One token for the whole test: membership is read per request, not baked into the token.

@@ -965,7 +965,7 @@ async fn p6_p7_bad_trees_are_rejected_with_file_and_line_and_the_last_good_tree_
             FORBID_GET.as_bytes(),
         );
         write_file(&policies, &format!("{folder}/{name}"), &bytes);
-        let r = acme.client.post_json("/policies/reload", json!({})).await;
+        let r = gw.reload_policies(&acme).await;
         assert_eq!(
             r.status,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -1020,7 +1020,7 @@ async fn p6_p7_bad_trees_are_rejected_with_file_and_line_and_the_last_good_tree_
         policies.join(format!("{folder}/evil.cedar")),
     )
     .expect("symlink");
-    let r = acme.client.post_json("/policies/reload", json!({})).await;
+    let r = gw.reload_policies(&acme).await;
     assert_eq!(
         r.status,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -1033,7 +1033,7 @@ async fn p6_p7_bad_trees_are_rejected_with_file_and_line_and_the_last_good_tree_
     // A symlinked folder out of the tree.
     std::os::unix::fs::symlink(outside.path(), policies.join("accounts/123456789012"))
         .expect("symlink");
-    let r = acme.client.post_json("/policies/reload", json!({})).await;
+    let r = gw.reload_policies(&acme).await;
     assert_eq!(
         r.status,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -1043,7 +1043,7 @@ async fn p6_p7_bad_trees_are_rejected_with_file_and_line_and_the_last_good_tree_
     std::fs::remove_file(policies.join("accounts/123456789012")).expect("rm");
 
     // Fixed: the next reload takes the good tree whole.
-    let r = acme.client.post_json("/policies/reload", json!({})).await;
+    let r = gw.reload_policies(&acme).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(get_object(&acme).await, StatusCode::FORBIDDEN);
     assert!(acme.client.get("/policies").await.json()["last_error"].is_null());
@@ -1149,7 +1149,7 @@ async fn p7_files_deleted_during_reloads_never_break_decisions() {
         if n >= 60 && outcomes.get(&422).copied().unwrap_or(0) >= 3 {
             break;
         }
-        let r = acme.client.post_json("/policies/reload", json!({})).await;
+        let r = gw.reload_policies(&acme).await;
         assert!(
             r.status == StatusCode::OK || r.status == StatusCode::UNPROCESSABLE_ENTITY,
             "a reload racing a deletion: {} {}",
@@ -1174,7 +1174,7 @@ async fn p7_files_deleted_during_reloads_never_break_decisions() {
     for file in &flapping {
         let _ = std::fs::remove_file(file);
     }
-    let r = acme.client.post_json("/policies/reload", json!({})).await;
+    let r = gw.reload_policies(&acme).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert!(acme.client.get("/policies").await.json()["last_error"].is_null());
     let put = acme

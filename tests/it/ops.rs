@@ -2,6 +2,7 @@
 
 use http::StatusCode;
 
+use crate::support::backend::TestDb;
 use crate::support::{TestGateway, Upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,6 +15,66 @@ async fn o2_healthz_and_readyz_answer() {
     let r = gw.client.get("/readyz").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["checks"]["store"], "ok");
+}
+
+/// Everything a write could change: the store's probe row, the journal's tables and the
+/// newest decision's hash.
+fn durable_state(db: &TestDb) -> (Option<String>, i64, i64, Option<String>) {
+    let probe = db
+        .query_map("SELECT value FROM meta WHERE key = 'probe'", &[], |r| {
+            r.get::<String>(0)
+        })
+        .expect("meta")
+        .pop();
+    let count = |table: &str| -> i64 {
+        db.query_row(&format!("SELECT COUNT(*) FROM {table}"), &[], |r| r.get(0))
+            .expect("count")
+    };
+    let head = db
+        .query_map(
+            "SELECT hash FROM decisions ORDER BY seq DESC LIMIT 1",
+            &[],
+            |r| r.get::<String>(0),
+        )
+        .expect("decisions")
+        .pop();
+    (probe, count("ledger"), count("decisions"), head)
+}
+
+/// Issue 16 item 13: a readiness probe reads and never writes: the store and the journal are
+/// the same after many probes, and the caller cache (SQLite) is not dropped by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o2_readiness_probes_leave_the_store_and_journal_unchanged() {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::builder(&upstream.url()).start().await;
+    let acme = gw.account("acme").await;
+    assert_eq!(
+        acme.client.get("/svc/storage/objects/a").await.status,
+        StatusCode::OK
+    );
+    let db = TestDb(gw.database());
+    // The call's transfer record is booked when its body has ended: wait until all is still.
+    let mut before = durable_state(&db);
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = durable_state(&db);
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    let generation = gw.app.store.generation();
+    for _ in 0..20 {
+        let r = gw.client.get("/readyz").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.json()["checks"]["store"], "ok");
+    }
+    assert_eq!(durable_state(&db), before, "a probe wrote something");
+    assert_eq!(
+        gw.app.store.generation(),
+        generation,
+        "a probe dropped the caller cache"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

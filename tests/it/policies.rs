@@ -71,13 +71,6 @@ async fn world(feature_set: FeatureSet) -> World {
     }
 }
 
-async fn reload(account: &Account) -> crate::support::client::TestResponse {
-    account
-        .client
-        .post_json("/policies/reload", serde_json::json!({}))
-        .await
-}
-
 async fn put_object(account: &Account) -> StatusCode {
     account
         .client
@@ -102,7 +95,7 @@ async fn p3_p4_guardrails_do_not_bind_in_consolidated_billing() {
         &format!("orgs/{}/guardrails.cedar", w.org_id),
         FORBID_PUT,
     );
-    assert_eq!(reload(&w.member).await.status, StatusCode::OK);
+    assert_eq!(w.gw.reload_policies(&w.member).await.status, StatusCode::OK);
     assert_eq!(
         put_object(&w.member).await,
         StatusCode::OK,
@@ -127,7 +120,7 @@ async fn p3_guardrails_bind_members_in_all_features_but_never_the_management_acc
         &format!("orgs/{}/guardrails.cedar", w.org_id),
         FORBID_PUT,
     );
-    assert_eq!(reload(&w.payer).await.status, StatusCode::OK);
+    assert_eq!(w.gw.reload_policies(&w.payer).await.status, StatusCode::OK);
     let r = w
         .member
         .client
@@ -167,7 +160,7 @@ permit (principal, action in [Tollgate::Action::"storage:GetObject", Tollgate::A
         &format!("orgs/{}/allow-list.cedar", w.org_id),
         allow_list,
     );
-    assert_eq!(reload(&w.payer).await.status, StatusCode::OK);
+    assert_eq!(w.gw.reload_policies(&w.payer).await.status, StatusCode::OK);
     assert_eq!(
         w.member.client.get("/svc/storage/objects/a").await.status,
         StatusCode::OK
@@ -200,7 +193,7 @@ async fn p3_guardrails_only_restrict_they_never_grant() {
         &format!("orgs/{}/all.cedar", w.org_id),
         "@id(\"all\")\npermit (principal, action, resource);\n",
     );
-    assert_eq!(reload(&w.payer).await.status, StatusCode::OK);
+    assert_eq!(w.gw.reload_policies(&w.payer).await.status, StatusCode::OK);
     let token = w.gw.login(&w.member.id, "intern", "Intern-pass-1!").await;
     let r =
         w.gw.client
@@ -227,7 +220,7 @@ forbid (principal, action, resource) when { context.time * 9223372036854775807 >
         &format!("orgs/{}/broken.cedar", w.org_id),
         erroring,
     );
-    assert_eq!(reload(&w.payer).await.status, StatusCode::OK);
+    assert_eq!(w.gw.reload_policies(&w.payer).await.status, StatusCode::OK);
     let r = w.member.client.get("/svc/storage/objects/a").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
     assert_eq!(r.json()["error"]["denied_by"], "organization");
@@ -242,7 +235,7 @@ async fn p2_another_accounts_files_cannot_affect_this_account() {
         &format!("accounts/{}/lockdown.cedar", w.member.id),
         "@id(\"lockdown\")\nforbid (principal, action, resource);\n",
     );
-    assert_eq!(reload(&w.payer).await.status, StatusCode::OK);
+    assert_eq!(w.gw.reload_policies(&w.payer).await.status, StatusCode::OK);
     let r = w.member.client.get("/svc/storage/objects/a").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.json()["error"]["denied_by"], "account");
@@ -273,7 +266,7 @@ when { context.source_ip.isLoopback() };
         &format!("accounts/{}/conditions.cedar", w.payer.id),
         policy,
     );
-    assert_eq!(reload(&w.payer).await.status, StatusCode::OK);
+    assert_eq!(w.gw.reload_policies(&w.payer).await.status, StatusCode::OK);
     assert_eq!(
         put_object(&w.member).await,
         StatusCode::FORBIDDEN,
@@ -301,7 +294,7 @@ async fn p7_a_broken_tree_is_rejected_whole_and_the_last_good_one_stays() {
         &format!("accounts/{}/broken.cedar", w.member.id),
         "@id(\"x\")\npermit (principal, action, resource\n",
     );
-    let r = reload(&w.member).await;
+    let r = w.gw.reload_policies(&w.member).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.error_code(), "InvalidPolicies");
     let diagnostic = &r.json()["error"]["diagnostics"][0];
@@ -350,7 +343,7 @@ async fn p7_a_broken_tree_is_rejected_whole_and_the_last_good_one_stays() {
         &format!("accounts/{}/ok.cedar", w.member.id),
         "@id(\"ok\")\nforbid (principal, action == Tollgate::Action::\"storage:PutObject\", resource);\n",
     );
-    let r = reload(&w.member).await;
+    let r = w.gw.reload_policies(&w.member).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let view = w.member.client.get("/policies").await.json();
     assert_ne!(view["version"], before);
@@ -410,7 +403,7 @@ async fn p7_requests_during_reloads_always_see_one_whole_tree() {
             &file,
             if i % 2 == 0 { deny_get } else { allow_get },
         );
-        assert_eq!(reload(&w.payer).await.status, StatusCode::OK);
+        assert_eq!(w.gw.reload_policies(&w.payer).await.status, StatusCode::OK);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for hammer in hammers {
@@ -504,4 +497,126 @@ fn p6_policy_validate_and_test_commands() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("default-account/oops.cedar:2:"), "{stderr}");
+}
+
+/// Issue 16 item 3: the tree is the operator's. A tenant's owner (whom the default account
+/// policy lets do `policy:Reload`) cannot make an unreviewed file live through the API; the
+/// accounts in `[policies] reload_accounts` can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p7_only_the_operators_accounts_reload_the_tree_through_the_api() {
+    let upstream = Upstream::start().await;
+    let (_guard, policies) = copy_policies();
+    let data = tempfile::tempdir().expect("tempdir");
+    let data_dir = data.path().join("data");
+    let start = |operators: Vec<AccountId>| {
+        TestGateway::builder(&upstream.url())
+            .policies_dir(policies.clone())
+            .data_dir(data_dir.clone())
+            .tweak(move |c| {
+                c.policies.watch = false;
+                c.policies.reload_accounts = operators;
+            })
+            .start()
+    };
+    let mut gw = start(Vec::new()).await;
+    let tenant = gw.account("tenant").await;
+    let operator = gw.account("operator").await;
+    let version = gw.app.policies.load().version().to_owned();
+    write(
+        &policies,
+        &format!("accounts/{}/no-put.cedar", tenant.id),
+        FORBID_PUT,
+    );
+    // Nobody by default, the operator-to-be included.
+    for who in [&tenant, &operator] {
+        let r = who
+            .client
+            .post_json("/policies/reload", serde_json::json!({}))
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+        assert_eq!(r.error_code(), "AccessDenied");
+        assert!(r.text().contains("reload_accounts"), "{}", r.text());
+    }
+    assert_eq!(
+        gw.app.policies.load().version(),
+        version,
+        "nothing went live"
+    );
+    assert_eq!(put_object(&tenant).await, StatusCode::OK);
+    gw.shutdown().await;
+    drop(gw);
+
+    // Configured: the operator's account reloads; the tenant still cannot. (A start loads the
+    // tree, so the unreviewed file comes back only after it.)
+    let file = policies.join(format!("accounts/{}/no-put.cedar", tenant.id));
+    std::fs::remove_file(&file).unwrap();
+    let operator_id = AccountId::parse(&operator.id).unwrap();
+    let gw = start(vec![operator_id]).await;
+    let version = gw.app.policies.load().version().to_owned();
+    std::fs::write(&file, FORBID_PUT).unwrap();
+    let tenant = gw.relogin(&tenant).await;
+    let operator = gw.relogin(&operator).await;
+    let r = tenant
+        .client
+        .post_json("/policies/reload", serde_json::json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(gw.app.policies.load().version(), version);
+    let r = operator
+        .client
+        .post_json("/policies/reload", serde_json::json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_ne!(gw.app.policies.load().version(), version);
+    assert_eq!(put_object(&tenant).await, StatusCode::FORBIDDEN);
+}
+
+/// Issue 16 item 3: one API reload a second; a faster caller gets 429 `SlowDown` with
+/// `Retry-After`, and nothing is reloaded. SIGHUP's path (and the watcher's) is not limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p7_api_reloads_are_limited_to_one_a_second() {
+    let upstream = Upstream::start().await;
+    let (_guard, policies) = copy_policies();
+    let gw = TestGateway::builder(&upstream.url())
+        .policies_dir(policies.clone())
+        .tweak(|c| c.policies.watch = false)
+        .start()
+        .await;
+    let operator = gw.account("operator").await;
+    let r = gw.reload_policies(&operator).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let version = gw.app.policies.load().version().to_owned();
+    write(
+        &policies,
+        &format!("accounts/{}/no-put.cedar", operator.id),
+        FORBID_PUT,
+    );
+    gw.clock.advance(chrono::Duration::milliseconds(999));
+    let r = operator
+        .client
+        .post_json("/policies/reload", serde_json::json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert_eq!(r.error_code(), "SlowDown");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(gw.app.policies.load().version(), version, "not reloaded");
+
+    // The operator's signal is not an API call: it reloads whenever it is sent.
+    let store = gw.app.policies.clone();
+    let reloaded = tokio::task::spawn_blocking(move || {
+        store
+            .reload(tollgate::authz::ReloadTrigger::Signal)
+            .map(|s| s.version().to_owned())
+    })
+    .await
+    .unwrap()
+    .expect("a SIGHUP reload");
+    assert_ne!(reloaded, version);
+
+    gw.clock.advance(chrono::Duration::milliseconds(1));
+    let r = operator
+        .client
+        .post_json("/policies/reload", serde_json::json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "a second later: {}", r.text());
 }

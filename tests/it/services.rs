@@ -459,11 +459,7 @@ async fn s1_s2_p3_a_linked_account_signs_up_calls_and_takes_a_plan_unless_the_pa
         &format!("orgs/{}/restrict.cedar", w.org_id),
         RESTRICT_SIGNUP_COMPUTE_AND_PLANS,
     );
-    let r = w
-        .payer
-        .client
-        .post_json("/policies/reload", serde_json::json!({}))
-        .await;
+    let r = w.gw.reload_policies(&w.payer).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 
     // Consolidated billing only: the guardrail is there but does not bind.

@@ -3,6 +3,7 @@
 use crate::db::{Behavior, Conn, DbError, OptionalExtension, Row, Tx, params};
 use chrono::{DateTime, Utc};
 
+use crate::auth::sealing::SecretSealer;
 use crate::auth::{
     AccessKeyId, AccessKeySecretHash, ClientAddress, LoginAttempts, LoginSubject, PasswordHash,
     PasswordPolicyParams,
@@ -70,11 +71,25 @@ fn insert_user(
     Ok(())
 }
 
-fn user_from_row(row: &Row<'_>) -> Result<UserRecord, DbError> {
+/// A user row; its TOTP secret opened with `sealer` (see `auth::sealing`).
+fn user_from_row(row: &Row<'_>, sealer: Option<&SecretSealer>) -> Result<UserRecord, DbError> {
     let account: String = row.get(0)?;
     let name: String = row.get(1)?;
     let hash: String = row.get(3)?;
     let secret: Option<String> = row.get(8)?;
+    let secret = match (secret, sealer) {
+        (Some(stored), Some(sealer)) => Some(
+            sealer
+                .open_value(&stored, &account, &name.to_ascii_lowercase())
+                .map_err(|e| DbError::corrupt(format!("mfa_secret: {e}")))?,
+        ),
+        (Some(stored), None) if SecretSealer::is_sealed(&stored) => {
+            return Err(DbError::corrupt(
+                "mfa_secret is sealed and this store has no key to open it",
+            ));
+        }
+        (other, _) => other,
+    };
     let enabled: bool = row.get(9)?;
     let last_step: Option<i64> = row.get(10)?;
     let mfa = match (secret, enabled) {
@@ -243,6 +258,7 @@ impl AccountStore for SqlStore {
         user: &UserName,
     ) -> Result<Option<UserRecord>, StoreError> {
         let (account, key) = (account.clone(), user.key());
+        let sealer = self.sealer();
         self.call(move |conn| {
             Ok(conn
                 .query_row(
@@ -250,7 +266,7 @@ impl AccountStore for SqlStore {
                         "SELECT {USER_COLUMNS} FROM users WHERE account_id = ?1 AND name_key = ?2"
                     ),
                     params![account.as_str(), key],
-                    user_from_row,
+                    |r| user_from_row(r, sealer.as_ref()),
                 )
                 .optional()?)
         })
@@ -262,6 +278,7 @@ impl AccountStore for SqlStore {
         account: &AccountId,
         user: &UserName,
         jti: &str,
+        access_key: Option<&AccessKeyId>,
         now: DateTime<Utc>,
     ) -> Result<Option<PrincipalRecord>, StoreError> {
         let month = crate::billing::BillingMonth::containing(now)
@@ -279,6 +296,8 @@ impl AccountStore for SqlStore {
         }
         let store = self.clone();
         let account = account.clone();
+        let access_key = access_key.cloned();
+        let sealer = self.sealer();
         self.call(move |conn| {
             let generation = store.generation();
             let tx = conn.transaction(Behavior::Deferred)?;
@@ -289,7 +308,7 @@ impl AccountStore for SqlStore {
                          FROM users WHERE account_id = ?1 AND name_key = ?2"
                     ),
                     params![account.as_str(), key.1],
-                    |r| Ok((user_from_row(r)?, r.get::<String>(12)?)),
+                    |r| Ok((user_from_row(r, sealer.as_ref())?, r.get::<String>(12)?)),
                 )
                 .optional()?;
             let Some((user, account_name)) = found else {
@@ -309,14 +328,28 @@ impl AccountStore for SqlStore {
                     .collect()
             };
             let organization = current_organization(&tx, &account)?;
-            let token_revoked = tx
-                .query_row(
-                    "SELECT 1 FROM revoked_tokens WHERE jti = ?1",
-                    params![key.2],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
+            // The token's own state in one statement: logged out, and (for a token from an
+            // access key) whether the key is gone (U8). A deleted key is a changed row, so on
+            // SQLite the caller cache is dropped with it; on PostgreSQL this is read per call.
+            let (token_revoked, access_key_deleted) = match &access_key {
+                None => (
+                    tx.query_row(
+                        "SELECT 1 FROM revoked_tokens WHERE jti = ?1",
+                        params![key.2],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some(),
+                    false,
+                ),
+                Some(id) => tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = ?1),
+                            EXISTS (SELECT 1 FROM access_keys
+                                    WHERE id = ?2 AND account_id = ?3 AND name_key = ?4)",
+                    params![key.2, id.as_str(), account.as_str(), key.1],
+                    |r| Ok((r.get::<bool>(0)?, !r.get::<bool>(1)?)),
+                )?,
+            };
             let read_spend = || crate::journal::month_to_date_spend(&tx, &account, now);
             let month_to_date_spend = match store.spend_book() {
                 Some(book) => book.get_or_load(account.as_str(), &month, read_spend),
@@ -330,6 +363,7 @@ impl AccountStore for SqlStore {
                 groups,
                 organization,
                 token_revoked,
+                access_key_deleted,
                 month_to_date_spend,
             };
             let cached = PrincipalRecord {
@@ -535,7 +569,14 @@ impl AccountStore for SqlStore {
         user: &UserName,
         secret: &str,
     ) -> Result<(), StoreError> {
-        let (account, key, secret) = (account.clone(), user.key(), secret.to_owned());
+        let key = user.key();
+        let secret = match self.sealer() {
+            Some(sealer) => sealer
+                .seal(secret, account.as_str(), &key)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+            None => secret.to_owned(),
+        };
+        let account = account.clone();
         self.call(move |conn| {
             conn.execute(
                 "UPDATE users SET mfa_secret = ?3, mfa_enabled = 0, mfa_last_step = NULL

@@ -132,6 +132,20 @@ impl TestGateway {
         assert_eq!(r.status, http::StatusCode::OK, "login: {}", r.text());
         r.json()["token"].as_str().expect("token").to_owned()
     }
+
+    /// `POST /policies/reload` by `account`'s owner acting as the operator (P7): the account is
+    /// added to the operator's accounts (`[policies] reload_accounts`), and the clock moves on
+    /// by the reload interval first, so back-to-back reloads are not refused as too fast.
+    pub async fn reload_policies(&self, account: &Account) -> super::client::TestResponse {
+        self.app
+            .reloads
+            .allow(tollgate::ids::AccountId::parse(&account.id).expect("account id"));
+        self.clock.advance(tollgate::api::policies::RELOAD_INTERVAL);
+        account
+            .client
+            .post_json("/policies/reload", serde_json::json!({}))
+            .await
+    }
 }
 
 impl Builder {
