@@ -49,6 +49,8 @@ pub enum StartupError {
     Journal(#[from] JournalError),
     #[error("invalid route prices: {0}")]
     Routes(String),
+    #[error(transparent)]
+    PriceBook(#[from] crate::pricebook::PriceBookStoreError),
     #[error("cannot open the signing keys: {0}")]
     Keys(#[from] KeyError),
     #[error("the policies in `{dir}` are invalid:\n{failure}")]
@@ -89,7 +91,21 @@ impl App {
             crate::config::chrono_duration(config.auth.token_ttl),
         );
         let hasher = PasswordHasher::new(config.auth.argon2_concurrency);
-        let routes = RouteTable::compile(&config).map_err(StartupError::Routes)?;
+        // The price book: a new version when the config's prices or plans changed; every call
+        // routed by this table is metered under it (issue 17).
+        let price_version = {
+            let book = crate::pricebook::from_config(&config)?;
+            let (db, now) = (store.database().clone(), clock.now());
+            tokio::task::spawn_blocking(move || crate::pricebook::record(&db, &book, now))
+                .await
+                .map_err(|e| {
+                    crate::pricebook::PriceBookStoreError::Unavailable(format!(
+                        "price book task failed: {e}"
+                    ))
+                })??
+        };
+        let routes = RouteTable::compile_priced(&config, Some(price_version))
+            .map_err(StartupError::Routes)?;
         let metrics = Arc::new(Metrics::new());
         // Every tree that is ever active is archived before a decision can name its version
         // (D3): the startup tree here, each reloaded one by the observer, before its swap.

@@ -391,6 +391,7 @@ mod tests {
             quantity: Decimal::from_str(quantity).unwrap_or_else(|e| panic!("{e}")),
             amount: m(amount),
             original_month: adj.map(|s| BillingMonth::parse(s).unwrap_or_else(|e| panic!("{e}"))),
+            prices_from: None,
         }
     }
 

@@ -39,21 +39,31 @@ pub(super) struct LedgerRow {
     pub amount: String,
     pub billing_month: String,
     pub original_month: Option<String>,
+    /// The price book version the record was made under (`None` before the price book).
+    pub price_version: Option<i64>,
 }
 
 /// The hashed columns, in the order of [`LedgerRow`] and of the canonical encoding.
 const COLUMNS: &str = "record_id, kind, call_record_id, event_time, commit_time, request_id, \
      account_id, payer_account_id, org_id, user_name, service, action, method, status, bytes_in, \
      bytes_out, quantity, per_request, per_gb_in, per_gb_out, tiered, amount_requests, \
-     amount_gb_in, amount_gb_out, amount, billing_month, original_month";
+     amount_gb_in, amount_gb_out, amount, billing_month, original_month, price_version";
 
+/// Records without a price version (written before the price book) keep their v1 encoding, so
+/// existing chains still verify; records with one are v2, which adds it.
 const CANONICAL_TAG: &str = "tollgate/ledger/v1";
+const CANONICAL_TAG_V2: &str = "tollgate/ledger/v2";
 
 // === impl LedgerRow ===
 
 impl LedgerRow {
     pub fn canonical(&self) -> Vec<u8> {
-        Canonical::new(CANONICAL_TAG)
+        let tag = if self.price_version.is_some() {
+            CANONICAL_TAG_V2
+        } else {
+            CANONICAL_TAG
+        };
+        let c = Canonical::new(tag)
             .str("record_id", &self.record_id)
             .str("kind", &self.kind)
             .opt_str("call_record_id", self.call_record_id.as_deref())
@@ -80,8 +90,11 @@ impl LedgerRow {
             .str("amount_gb_out", &self.amount_gb_out)
             .str("amount", &self.amount)
             .str("billing_month", &self.billing_month)
-            .opt_str("original_month", self.original_month.as_deref())
-            .finish()
+            .opt_str("original_month", self.original_month.as_deref());
+        match self.price_version {
+            Some(v) => c.i64("price_version", v).finish(),
+            None => c.finish(),
+        }
     }
 
     pub fn insert(&self, tx: &Tx<'_>, seq: u64, prev: &Hash, hash: &Hash) -> Result<(), DbError> {
@@ -89,7 +102,7 @@ impl LedgerRow {
             &format!(
                 "INSERT INTO ledger (seq, {COLUMNS}, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, \
              ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, \
-             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
+             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)"
             ),
             params![
                 seq as i64,
@@ -120,6 +133,7 @@ impl LedgerRow {
                 self.amount,
                 self.billing_month,
                 self.original_month,
+                self.price_version,
                 chain::to_hex(prev),
                 chain::to_hex(hash),
             ],
@@ -157,6 +171,7 @@ impl LedgerRow {
             amount: row.get(at + 24)?,
             billing_month: row.get(at + 25)?,
             original_month: row.get(at + 26)?,
+            price_version: row.get(at + 27)?,
         })
     }
 }

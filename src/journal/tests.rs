@@ -626,7 +626,7 @@ async fn a_forged_record_slipped_in_is_reported() {
                 account_id, payer_account_id, org_id, user_name, service, action, method, \
                 status, bytes_in, bytes_out, quantity, per_request, per_gb_in, per_gb_out, \
                 tiered, amount_requests, amount_gb_in, amount_gb_out, amount, billing_month, \
-                original_month";
+                original_month, price_version";
     let (mut row, prev_hex): (ledger::LedgerRow, String) = conn
         .query_row(
             &format!("SELECT seq, prev_hash, hash, {cols} FROM ledger WHERE seq = 2"),
@@ -905,8 +905,10 @@ async fn a_record_of_a_final_month_is_booked_on_the_next_open_month() {
     assert_eq!(adj.usage.account_id, acct(B));
     assert!(adj.usage.in_org_tier_pool);
     assert_eq!(adj.usage.quantity, 1);
-    // The pooled February quantity already billed: 4 calls.
-    assert_eq!(adj.tier_base_quantity, 4);
+    // These calls are priced flat: only tiered records count toward tiers (issue 17), so no
+    // tier base.
+    assert!(!adj.usage.tiered);
+    assert_eq!(adj.tier_base_quantity, 0);
     // February's bill did not change.
     assert_eq!(
         usage_for_bill(&conn, &payer, feb).unwrap().usage,

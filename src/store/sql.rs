@@ -281,6 +281,17 @@ const SQLITE_MIGRATIONS: &[&str] = &[
         pruned_at INTEGER NOT NULL,
         records INTEGER NOT NULL
      ) STRICT;",
+    // (issue 17) the price book: every set of route prices and plans the gateway ran with, as
+    // numbered versions, hash-chained (`content` is the book as JSON, see `src/pricebook.rs`);
+    // each ledger record names the version it was made under (NULL: before the price book).
+    "CREATE TABLE price_versions (
+        version INTEGER PRIMARY KEY,
+        effective_from INTEGER NOT NULL,
+        content TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+     ) STRICT;
+     ALTER TABLE ledger ADD COLUMN price_version INTEGER;",
 ];
 
 /// The PostgreSQL schema, in the same numbering scheme as [`SQLITE_MIGRATIONS`] but its own
@@ -511,6 +522,15 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
         pruned_at BIGINT NOT NULL,
         records BIGINT NOT NULL
      );",
+    // (issue 17) the price book (see the SQLite entry).
+    "CREATE TABLE price_versions (
+        version BIGINT PRIMARY KEY,
+        effective_from BIGINT NOT NULL,
+        content TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+     );
+     ALTER TABLE ledger ADD COLUMN price_version BIGINT;",
 ];
 
 /// The store, on either database.

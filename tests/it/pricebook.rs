@@ -9,7 +9,8 @@ use http::{Method, StatusCode};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tollgate::billing::BillingMonth;
-use tollgate::config::{Config, PriceConfig};
+use tollgate::billing::{RawPriceTier, RawRoutePrice, RoutePrice};
+use tollgate::config::Config;
 
 use crate::billing::{at, future_month};
 use crate::support::gateway::copy_policies;
@@ -20,7 +21,7 @@ fn dec(s: &str) -> Decimal {
 }
 
 /// Sets the price of `action` (the routes naming it) in the config.
-fn set_price(c: &mut Config, action: &str, p: PriceConfig) {
+fn set_price(c: &mut Config, action: &str, p: RoutePrice) {
     let mut found = false;
     for route in c
         .services
@@ -34,18 +35,29 @@ fn set_price(c: &mut Config, action: &str, p: PriceConfig) {
     assert!(found, "no route {action}");
 }
 
-fn tiered(first: u64, p1: &str, p2: &str) -> PriceConfig {
-    PriceConfig {
-        per_request_tiers: vec![(Some(first), dec(p1)), (None, dec(p2))],
-        ..PriceConfig::default()
-    }
+fn tiered(first: u64, p1: &str, p2: &str) -> RoutePrice {
+    RoutePrice::parse(&RawRoutePrice {
+        per_request_tiers: Some(vec![
+            RawPriceTier {
+                up_to: Some(first),
+                price: p1,
+            },
+            RawPriceTier {
+                up_to: None,
+                price: p2,
+            },
+        ]),
+        ..RawRoutePrice::default()
+    })
+    .unwrap()
 }
 
-fn flat(p: &str) -> PriceConfig {
-    PriceConfig {
-        per_request: Some(dec(p)),
-        ..PriceConfig::default()
-    }
+fn flat(p: &str) -> RoutePrice {
+    RoutePrice::parse(&RawRoutePrice {
+        per_request: Some(p),
+        ..RawRoutePrice::default()
+    })
+    .unwrap()
 }
 
 /// A data dir that outlives the gateways started on it.
@@ -76,6 +88,7 @@ impl Site {
     ) -> TestGateway {
         let mut builder = TestGateway::builder(&self.upstream.url())
             .data_dir(self.data.clone())
+            .starts_at(now)
             .tweak(move |c| {
                 c.policies.watch = false;
                 config(c);
@@ -141,7 +154,7 @@ fn req(quantity: &str, amount: &str, from: &str) -> (String, String, String, Str
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 const PUT: &str = "/svc/storage/objects/k";
@@ -173,7 +186,7 @@ async fn m4_flat_to_tiered_does_not_retier_earlier_flat_calls() {
     assert_eq!(
         lines(&b, &a.id, "storage:PutObject"),
         vec![
-            req("3", "3.00", &rfc3339(month.start())),
+            req("3", "3.00", &rfc3339(at(month, 2, 9))),
             req("2", "0.20", &rfc3339(changed)),
         ],
         "{b}"
@@ -204,7 +217,7 @@ async fn m4_tiered_to_flat_keeps_earlier_tiered_calls_charged() {
     assert_eq!(
         lines(&b, &a.id, "storage:PutObject"),
         vec![
-            req("4", "4.00", &rfc3339(month.start())),
+            req("4", "4.00", &rfc3339(at(month, 2, 9))),
             req("2", "0.50", &rfc3339(changed)),
         ],
         "{b}"
@@ -270,7 +283,7 @@ async fn m4_a_tier_edit_within_the_month_splits_the_line_and_continues_the_tiers
     assert_eq!(
         lines(&b, &a.id, "storage:PutObject"),
         vec![
-            req("8", "8.00", &rfc3339(month.start())),
+            req("8", "8.00", &rfc3339(at(month, 2, 9))),
             req("4", "6.00", &rfc3339(changed)),
         ],
         "{b}"
@@ -341,11 +354,12 @@ async fn m3_routes_without_a_per_gb_price_put_no_gb_lines_on_a_bill() {
             set_price(
                 c,
                 "storage:GetObject",
-                PriceConfig {
-                    per_request: Some(dec("1.00")),
-                    per_gb_out: Some(dec("0.09")),
-                    ..PriceConfig::default()
-                },
+                RoutePrice::parse(&RawRoutePrice {
+                    per_request: Some("1.00"),
+                    per_gb_out: Some("0.09"),
+                    ..RawRoutePrice::default()
+                })
+                .unwrap(),
             );
         })
         .await;
@@ -374,7 +388,7 @@ async fn m3_routes_without_a_per_gb_price_put_no_gb_lines_on_a_bill() {
     assert_eq!(units("storage:ListObjects"), vec!["requests"], "{b}");
     assert_eq!(
         units("storage:GetObject"),
-        vec!["GB-out", "requests"],
+        vec!["requests", "GB-out"],
         "{b}"
     );
 }
