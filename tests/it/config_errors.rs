@@ -198,7 +198,7 @@ fn m3_one_action_on_two_routes_with_different_prices_is_refused_naming_both() {
     assert_rejected(
         &config,
         &[
-            "services[0].routes[4]",
+            "services[0].routes[3]",
             "services[0].routes[1]",
             "storage:GetObject",
         ],
