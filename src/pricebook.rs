@@ -209,14 +209,14 @@ fn to_json(book: &PriceBook) -> Value {
 
 fn from_json(value: &Value) -> Result<PriceBook, String> {
     let text = |v: &Value, field: &str| -> Result<String, String> {
-        v[field]
-            .as_str()
+        v.get(field)
+            .and_then(Value::as_str)
             .map(str::to_owned)
             .ok_or_else(|| format!("`{field}` is not a string"))
     };
     let array = |v: &Value, field: &str| -> Result<Vec<Value>, String> {
-        v[field]
-            .as_array()
+        v.get(field)
+            .and_then(Value::as_array)
             .cloned()
             .ok_or_else(|| format!("`{field}` is not an array"))
     };
@@ -227,12 +227,12 @@ fn from_json(value: &Value) -> Result<PriceBook, String> {
             text(&r, "per_gb_in")?,
             text(&r, "per_gb_out")?,
         );
-        let tiers: Option<Vec<(Option<u64>, String)>> = match &r["per_request_tiers"] {
-            Value::Null => None,
-            Value::Array(tiers) => Some(
+        let tiers: Option<Vec<(Option<u64>, String)>> = match r.get("per_request_tiers") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(tiers)) => Some(
                 tiers
                     .iter()
-                    .map(|t| Ok((t["up_to"].as_u64(), text(t, "price")?)))
+                    .map(|t| Ok((t.get("up_to").and_then(Value::as_u64), text(t, "price")?)))
                     .collect::<Result<_, String>>()?,
             ),
             _ => return Err("`per_request_tiers` is not an array".into()),
@@ -266,7 +266,12 @@ fn from_json(value: &Value) -> Result<PriceBook, String> {
         );
         let tiers: Vec<(Option<String>, String)> = array(&p, "usage_percent_tiers")?
             .iter()
-            .map(|t| Ok((t["up_to"].as_str().map(str::to_owned), text(t, "percent")?)))
+            .map(|t| {
+                Ok((
+                    t.get("up_to").and_then(Value::as_str).map(str::to_owned),
+                    text(t, "percent")?,
+                ))
+            })
             .collect::<Result<_, String>>()?;
         let raw = RawPlan {
             name: &name,

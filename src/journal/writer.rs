@@ -351,6 +351,10 @@ fn linger(
 
 /// Writes one batch; `Err` carries the reason (the transaction rolled back on drop). On a
 /// shared database the heads and `finals` are read again under the lock (module docs).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the writer's state, split so the batch can borrow it field by field"
+)]
 fn write_batch(
     conn: &Conn,
     shared_db: bool,
