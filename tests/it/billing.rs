@@ -169,7 +169,7 @@ pub(crate) async fn bill(account: &Account, month: BillingMonth, query: &str) ->
 }
 
 /// `(unit, quantity, amount)` of an account's request lines of `action` on a bill's JSON
-/// (response bytes of unpriced routes also show, as `GB-out` lines of $0.00).
+/// (GB lines show only for routes with a per-GB price, SPEC M3).
 pub(crate) fn lines(bill: &Value, account: &str, action: &str) -> Vec<(String, String, String)> {
     all_lines(bill, account, action)
         .into_iter()
