@@ -54,6 +54,8 @@ pub enum StartupError {
     Journal(#[from] JournalError),
     #[error("invalid route prices: {0}")]
     Routes(String),
+    #[error(transparent)]
+    PriceBook(#[from] crate::pricebook::PriceBookStoreError),
     #[error("cannot open the signing keys: {0}")]
     Keys(#[from] KeyError),
     #[error("cannot open the key that seals MFA secrets: {0}")]
@@ -109,7 +111,21 @@ impl App {
             config.auth.audience.clone(),
             crate::config::chrono_duration(config.auth.token_ttl),
         );
-        let routes = RouteTable::compile(&config).map_err(StartupError::Routes)?;
+        // The price book: a new version when the config's prices or plans changed; every call
+        // routed by this table is metered under it (issue 17).
+        let price_version = {
+            let book = crate::pricebook::from_config(&config)?;
+            let (db, now) = (store.database().clone(), clock.now());
+            tokio::task::spawn_blocking(move || crate::pricebook::record(&db, &book, now))
+                .await
+                .map_err(|e| {
+                    crate::pricebook::PriceBookStoreError::Unavailable(format!(
+                        "price book task failed: {e}"
+                    ))
+                })??
+        };
+        let routes = RouteTable::compile_priced(&config, Some(price_version))
+            .map_err(StartupError::Routes)?;
         let metrics = Arc::new(Metrics::new());
         let hasher = PasswordHasher::new(
             config.auth.argon2_concurrency,

@@ -18,6 +18,11 @@
 //! exact; the ledger records it. A tiered action's request charge is not known per call: it
 //! depends on the month's combined quantity, so it is computed on the bill.
 //!
+//! # The price book
+//! Prices and plans are versioned ([`pricebook`]): each ledger record names the version it was
+//! made under, and a bill prices every record with its own version, so changing the config
+//! changes only what comes after (SPEC M4; issue 17).
+//!
 //! # Tier pooling and allocation
 //! Usage made while a member of the payer's organization counts toward the organization's
 //! combined monthly quantity of that action (the consolidated-billing volume benefit); usage
@@ -49,6 +54,7 @@ pub mod money;
 pub mod month;
 pub mod plan;
 pub mod price;
+pub mod pricebook;
 
 pub use allocate::{AllocateError, allocate_cents};
 pub use bill::{
@@ -62,4 +68,6 @@ pub use plan::{
 };
 pub use price::{
     Amounts, BYTES_PER_GB, PriceError, PriceTier, RawPriceTier, RawRoutePrice, RoutePrice,
+    marginal_price,
 };
+pub use pricebook::{PriceBook, PriceBookError, PriceHistory, PriceVersion, PriceVersionId};

@@ -10,21 +10,22 @@
 //! Reads go through a fresh read connection per bill, in one snapshot transaction (SQLite WAL,
 //! PostgreSQL `REPEATABLE READ`: a consistent view while gateways write), on the blocking pool, so the CLI can run next to a live gateway.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::db::{Conn, DbError, params};
 use chrono::{DateTime, Duration, Utc};
 
 use crate::billing::{
-    Bill, BillError, BillInput, BillStatus, BillingMonth, Money, RouteKey, RoutePrice, Unit,
+    Bill, BillError, BillInput, BillStatus, BillingMonth, Money, PriceHistory, Unit,
 };
-use crate::config::{Config, ServiceConfig};
+use crate::config::Config;
 use crate::ids::AccountId;
 use crate::journal::{
     FinalMonth, FinalizeError, Journal, JournalError, account_names, final_month, open_reader,
     usage_for_bill,
 };
 use crate::org::{MembershipRole, MembershipScope, OrgError, OrgService};
+use crate::pricebook::{PriceBookStoreError, load_history};
 use crate::services::{self, ServicesError};
 use crate::store::sql::{SqlStore, to_ms};
 
@@ -35,8 +36,6 @@ const FINALIZE_ATTEMPTS: usize = 5;
 pub struct Bills<'a> {
     store: &'a SqlStore,
     orgs: &'a OrgService,
-    services: &'a [ServiceConfig],
-    prices: BTreeMap<RouteKey, RoutePrice>,
     finalize_grace: Duration,
 }
 
@@ -92,10 +91,11 @@ pub enum BillsError {
         month: BillingMonth,
         content_hash: String,
     },
-    /// The inputs of a FINAL bill changed (prices or plans edited in the config): the bill is
-    /// not shown rather than shown different from what was sealed.
+    /// The inputs of a FINAL bill changed (the ledger, plan periods or the price book were
+    /// edited in the store): the bill is not shown rather than shown different from what was
+    /// sealed.
     #[error(
-        "the FINAL {month} bill of payer {payer} no longer computes to its sealed content hash {sealed} (now {computed}); restore the prices and plans in force when it was finalized"
+        "the FINAL {month} bill of payer {payer} no longer computes to its sealed content hash {sealed} (now {computed}); the ledger, plan periods or price book were changed in the store"
     )]
     SealMismatch {
         payer: AccountId,
@@ -108,8 +108,8 @@ pub enum BillsError {
         payer: AccountId,
         month: BillingMonth,
     },
-    #[error("invalid route price: {0}")]
-    Prices(String),
+    #[error(transparent)]
+    Prices(#[from] PriceBookStoreError),
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error(transparent)]
@@ -131,8 +131,6 @@ impl<'a> Bills<'a> {
         Ok(Self {
             store,
             orgs,
-            services: &config.services,
-            prices: prices(&config.services)?,
             finalize_grace: crate::config::chrono_duration(config.billing.finalize_grace),
         })
     }
@@ -323,6 +321,8 @@ impl<'a> Bills<'a> {
             let payer = payer.clone();
             self.read(move |c| usage_for_bill(c, &payer, month)).await?
         };
+        // The price book, not the config: a bill is a function of the store alone (issue 17).
+        let prices = self.prices().await?;
         let mut ids: BTreeSet<AccountId> = self.members(payer, month).await?;
         ids.insert(payer.clone());
         ids.extend(usage.usage.iter().map(|u| u.account_id.clone()));
@@ -337,8 +337,7 @@ impl<'a> Bills<'a> {
                 if &self.end_payer(account, month, now).await? != payer {
                     continue;
                 }
-                let mut own =
-                    services::account_plans(self.store, self.services, account, month).await?;
+                let mut own = services::account_plans(self.store, &prices, account, month).await?;
                 if own.is_empty() {
                     continue;
                 }
@@ -356,7 +355,7 @@ impl<'a> Bills<'a> {
             status,
             accounts,
             usage: usage.usage,
-            prices: self.prices.clone(),
+            prices,
             plans,
             adjustments: usage.adjustments,
         };
@@ -463,6 +462,17 @@ impl<'a> Bills<'a> {
         Ok(self.orgs.payer_at(account, now.min(last)).await?.payer)
     }
 
+    /// Every price book version, checked against its chain.
+    async fn prices(&self) -> Result<PriceHistory, BillsError> {
+        let db = self.store.database().clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = open_reader(&db)?;
+            load_history(&conn).map_err(BillsError::from)
+        })
+        .await
+        .map_err(|e| JournalError::Unavailable(format!("price book read task failed: {e}")))?
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Conn) -> Result<T, JournalError> + Send + 'static,
@@ -472,23 +482,6 @@ impl<'a> Bills<'a> {
             .await
             .map_err(|e| JournalError::Unavailable(format!("bill read task failed: {e}")))?
     }
-}
-
-/// The configured prices by `(service, action)`; the first route of an action wins.
-pub fn prices(services: &[ServiceConfig]) -> Result<BTreeMap<RouteKey, RoutePrice>, BillsError> {
-    let mut out = BTreeMap::new();
-    for service in services {
-        for route in &service.routes {
-            let key = RouteKey::new(&service.name, &route.action);
-            if out.contains_key(&key) {
-                continue;
-            }
-            let price = crate::server::route::route_price(&route.price)
-                .map_err(|e| BillsError::Prices(format!("{} {}: {e}", service.name, route.path)))?;
-            out.insert(key, price);
-        }
-    }
-    Ok(out)
 }
 
 fn check_begun(month: BillingMonth, now: DateTime<Utc>) -> Result<(), BillsError> {

@@ -19,6 +19,8 @@ use rust_decimal::Decimal;
 
 use raw::{RawConfig, RawPlan, RawRoute, RawService};
 
+use crate::billing::{PriceError, RawPriceTier, RawRoutePrice, RoutePrice};
+
 /// The whole configuration, valid by construction.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -136,17 +138,8 @@ pub struct RouteConfig {
     pub path: String,
     pub action: String,
     pub max_body: Option<u64>,
-    pub price: PriceConfig,
-}
-
-/// Route prices as configured; `billing` turns them into its own types.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PriceConfig {
-    pub per_request: Option<Decimal>,
-    pub per_gb_in: Option<Decimal>,
-    pub per_gb_out: Option<Decimal>,
-    /// `(up_to, price)`; the last tier has no bound.
-    pub per_request_tiers: Vec<(Option<u64>, Decimal)>,
+    /// Checked once, here, by billing's own validator (`RoutePrice::parse`).
+    pub price: RoutePrice,
 }
 
 #[derive(Debug, Clone)]
@@ -554,12 +547,28 @@ fn service(key: &str, s: RawService, p: &mut Problems) -> ServiceConfig {
             "a service needs at least one route",
         );
     }
-    let routes = s
+    let routes: Vec<RouteConfig> = s
         .routes
         .into_iter()
         .enumerate()
         .map(|(i, r)| route(&format!("{key}.routes[{i}]"), &name, r, p))
         .collect();
+    // A bill line is per action: two routes naming one action must price it alike (issue 17).
+    for (i, later) in routes.iter().enumerate() {
+        let first = routes
+            .iter()
+            .take(i)
+            .position(|r| r.action == later.action && r.price != later.price);
+        if let Some(j) = first {
+            p.push(
+                &format!("{key}.routes[{i}].action"),
+                &format!(
+                    "`{}` is also the action of `{key}.routes[{j}]`, at different prices; bills price an action, not a route, so give both routes the same prices or name different actions",
+                    later.action
+                ),
+            );
+        }
+    }
     let mut plan_names = HashSet::new();
     let plans = s
         .plans
@@ -599,6 +608,7 @@ fn route(key: &str, service: &str, r: RawRoute, p: &mut Problems) -> RouteConfig
             }
         }),
     };
+    let price = route_price(key, &r, p);
     let path = match r.path {
         Some(path) => {
             if let Err(e) = check_route_pattern(&path) {
@@ -634,38 +644,6 @@ fn route(key: &str, service: &str, r: RawRoute, p: &mut Problems) -> RouteConfig
         .max_body
         .as_deref()
         .and_then(|v| p.value(&format!("{key}.max_body"), v, parse_size));
-    let price = PriceConfig {
-        per_request: p.price(&format!("{key}.per_request"), r.per_request.as_deref()),
-        per_gb_in: p.price(&format!("{key}.per_gb_in"), r.per_gb_in.as_deref()),
-        per_gb_out: p.price(&format!("{key}.per_gb_out"), r.per_gb_out.as_deref()),
-        per_request_tiers: r
-            .per_request_tiers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| {
-                let tkey = format!("{key}.per_request_tiers[{i}]");
-                let price = match t.price.as_deref() {
-                    Some(v) => p.price(&format!("{tkey}.price"), Some(v))?,
-                    None => {
-                        p.push(&format!("{tkey}.price"), "required");
-                        return None;
-                    }
-                };
-                Some((t.up_to, price))
-            })
-            .collect(),
-    };
-    check_tiers(
-        &format!("{key}.per_request_tiers"),
-        &price.per_request_tiers,
-        p,
-    );
-    if price.per_request.is_some() && !price.per_request_tiers.is_empty() {
-        p.push(
-            &format!("{key}.per_request_tiers"),
-            "set either `per_request` or `per_request_tiers`, not both",
-        );
-    }
     RouteConfig {
         method,
         path,
@@ -673,6 +651,44 @@ fn route(key: &str, service: &str, r: RawRoute, p: &mut Problems) -> RouteConfig
         max_body,
         price,
     }
+}
+
+/// The route's prices through billing's validator, each problem under its own key.
+fn route_price(key: &str, r: &RawRoute, p: &mut Problems) -> RoutePrice {
+    let tiers: Option<Vec<RawPriceTier<'_>>> = (!r.per_request_tiers.is_empty()).then(|| {
+        r.per_request_tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| RawPriceTier {
+                up_to: t.up_to,
+                price: t.price.as_deref().unwrap_or_else(|| {
+                    p.push(&format!("{key}.per_request_tiers[{i}].price"), "required");
+                    "0"
+                }),
+            })
+            .collect()
+    });
+    let raw = RawRoutePrice {
+        per_request: r.per_request.as_deref(),
+        per_gb_in: r.per_gb_in.as_deref(),
+        per_gb_out: r.per_gb_out.as_deref(),
+        per_request_tiers: tiers,
+    };
+    RoutePrice::parse(&raw).unwrap_or_else(|errors| {
+        for e in errors {
+            let field = match &e {
+                PriceError::Amount { field, .. }
+                | PriceError::TierNotAscending { field, .. }
+                | PriceError::TierZero { field }
+                | PriceError::UnboundedTierNotLast { field } => field.as_str(),
+                PriceError::LastTierBounded | PriceError::NoTiers | PriceError::FlatAndTiered => {
+                    "per_request_tiers"
+                }
+            };
+            p.push(&format!("{key}.{field}"), &e.to_string());
+        }
+        RoutePrice::default()
+    })
 }
 
 fn check_tiers<T: PartialOrd + Copy>(key: &str, tiers: &[(Option<T>, Decimal)], p: &mut Problems) {

@@ -23,6 +23,7 @@ pub mod ids;
 pub mod journal;
 pub mod metrics;
 pub mod org;
+pub mod pricebook;
 pub mod server;
 pub mod services;
 pub mod store;

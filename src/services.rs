@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::billing::{
-    AccountPlans, BillingMonth, Money, Plan, PlanPeriod, RawPercentTier, RawPlan,
+    AccountPlans, BillingMonth, Money, Plan, PlanPeriod, PriceHistory, RawPercentTier, RawPlan,
 };
 use crate::config::{PlanConfig, ServiceConfig};
 use crate::ids::AccountId;
@@ -33,10 +33,10 @@ pub enum ServicesError {
         plan: String,
         problems: String,
     },
-    /// An account had a plan that the config no longer offers: it cannot be priced. Keep a plan
-    /// in the config until no account has it in an open month.
+    /// An account had a plan that the price book did not offer when the period began (the
+    /// store was edited): it cannot be priced.
     #[error(
-        "account {account} had plan `{plan}` of service `{service}` in {month}, but the config no longer offers it"
+        "account {account} had plan `{plan}` of service `{service}` in {month}, but the price book has no such plan"
     )]
     PlanNotConfigured {
         account: AccountId,
@@ -115,26 +115,28 @@ pub async fn plan_periods(
 }
 
 /// The account's plans of `month` as the bill takes them: one [`AccountPlans`] per service,
-/// each period with its active days ([`BillingMonth::active_days`]: a day counts for the plan
+/// each period with the plan's terms from the price book version in force when the period
+/// began within the month (an edit of a plan's terms applies from the next month or the next
+/// plan change, never to a period already running; issue 17), and its active days ([`BillingMonth::active_days`]: a day counts for the plan
 /// active at its start or chosen during it). `other_charges_elsewhere` is left at zero: only
 /// the bill knows the account's charges on other payers' bills.
 pub async fn account_plans(
     store: &dyn ServiceStore,
-    services: &[ServiceConfig],
+    prices: &PriceHistory,
     account: &AccountId,
     month: BillingMonth,
 ) -> Result<Vec<AccountPlans>, ServicesError> {
     let mut out: Vec<AccountPlans> = Vec::new();
     for period in plan_periods(store, account, month).await? {
-        let config = find_plan(services, &period.service, &period.plan).ok_or_else(|| {
-            ServicesError::PlanNotConfigured {
+        let plan = prices
+            .plan_at(&period.service, &period.plan, period.from)
+            .cloned()
+            .ok_or_else(|| ServicesError::PlanNotConfigured {
                 account: account.clone(),
                 service: period.service.clone(),
                 plan: period.plan.clone(),
                 month,
-            }
-        })?;
-        let plan = plan_from_config(&period.service, config)?;
+            })?;
         let until = (period.until < month.end()).then_some(period.until);
         let active_days = month.active_days(period.from, until);
         if active_days == 0 {

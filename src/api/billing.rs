@@ -63,6 +63,9 @@ struct LineDto {
     /// On an adjustment line: the FINAL month whose late usage it charges (M6).
     #[serde(skip_serializing_if = "Option::is_none")]
     original_month: Option<String>,
+    /// On a line whose prices changed within the month (M4): from when these prices apply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prices_from: Option<String>,
 }
 
 /// The bill as JSON (SPEC M4's shape, plus `content_hash`/`finalized_at` on a FINAL bill,
@@ -94,6 +97,7 @@ pub fn bill_json(statement: &Statement, also_billed_to: &[AccountId]) -> BillDto
                         quantity: l.quantity.normalize().to_string(),
                         amount: l.amount.to_string(),
                         original_month: l.original_month.map(|m| m.to_string()),
+                        prices_from: l.prices_from.map(rfc3339),
                     })
                     .collect(),
                 total: a.total.to_string(),

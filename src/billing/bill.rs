@@ -9,13 +9,21 @@
 //! - Every aggregate must be billed to this bill's payer, and every account on it must be named.
 //! - Lines are per account and `(service, action, unit)`, units `requests`, `GB-in`, `GB-out`
 //!   and `plan:<name>`; adjustment lines are kept apart by the month they adjust.
+//! - Prices come from the price book version each record was made under (`price_version`; a
+//!   record from before the price book: the first version), never from today's config. A line
+//!   is also keyed by its *epoch* (see [`PriceHistory::epoch`]): where the price of its unit
+//!   changed within the month, the line is split, one per epoch, each with `prices_from` (the
+//!   epoch's start, or the month's start if earlier) (SPEC M4).
 //! - A non-tiered line's amount is its exact amounts (from the ledger) added, then rounded half
-//!   away from zero to cents once.
-//! - A tiered action's request charge ignores the recorded request amounts: it is computed per
-//!   *tier group* on the group's combined monthly quantity, rounded to cents, and shared out by
-//!   largest remainder in proportion to each account's quantity. The tier group is the
-//!   organization (usage marked `in_org_tier_pool`) or, for usage outside it (e.g. before
-//!   joining, after leaving), the account alone.
+//!   away from zero to cents once. A GB unit without a price (zero or absent) puts no line on
+//!   the bill (SPEC M3).
+//! - A tiered record's (the ledger says `tiered`) request charge is computed per *tier group*
+//!   on the group's combined monthly quantity, rounded to cents, and shared out by largest
+//!   remainder in proportion to each account's quantity. The tier group is the organization
+//!   (usage marked `in_org_tier_pool`) or, for usage outside it (e.g. before joining, after
+//!   leaving), the account alone. Within a group the epochs are priced in version order, each on
+//!   its own tiers, continuing the month's position where the previous epoch ended (only tiered
+//!   usage counts toward tiers).
 //! - A plan line is charged on the account's other charges of the month: its usage lines on this
 //!   bill (not adjustments, not plans) plus `other_charges_elsewhere` (see
 //!   [`super::plan`] for proration). Action `plan`, unit `plan:<name>`, quantity = active days.
@@ -29,6 +37,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
 use sha2::{Digest, Sha256};
 
@@ -37,6 +46,7 @@ use super::money::{Money, MoneyError};
 use super::month::BillingMonth;
 use super::plan::{PlanError, PlanPeriod, exact_charge_for_periods};
 use super::price::{Amounts, BYTES_PER_GB, RoutePrice};
+use super::pricebook::{PriceHistory, PriceVersionId};
 use crate::chain::{Canonical, Hash};
 use crate::ids::AccountId;
 
@@ -91,6 +101,10 @@ pub struct UsageAggregate {
     pub bytes_out: u64,
     /// Exact sums of the recorded non-tiered amounts (see [`RoutePrice::amounts`]).
     pub amounts: Amounts,
+    /// The price book version the records were made under (`None`: before the price book).
+    pub price_version: Option<PriceVersionId>,
+    /// The records' request charge is tiered (computed on the bill).
+    pub tiered: bool,
 }
 
 /// Late usage of a month that was already final, booked on this bill (SPEC M6).
@@ -125,8 +139,8 @@ pub struct BillInput {
     /// appear (with a zero total).
     pub accounts: BTreeMap<AccountId, String>,
     pub usage: Vec<UsageAggregate>,
-    /// Current prices, used for tiers. A route missing here is treated as untiered.
-    pub prices: BTreeMap<RouteKey, RoutePrice>,
+    /// The price book: every version the records name.
+    pub prices: PriceHistory,
     pub plans: Vec<AccountPlans>,
     pub adjustments: Vec<Adjustment>,
 }
@@ -163,6 +177,9 @@ pub struct BillLine {
     pub amount: Money,
     /// For an adjustment line: the final month whose late usage it charges.
     pub original_month: Option<BillingMonth>,
+    /// Set when the line's prices changed within its month (SPEC M4): from when these prices
+    /// apply (the price version's start, or the month's start).
+    pub prices_from: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -189,6 +206,14 @@ pub enum BillError {
         service: String,
         action: String,
         original_month: BillingMonth,
+    },
+    #[error(
+        "tiered usage of `{service}` `{action}` names price version {version}, which has no tiers for it; the price book is incomplete"
+    )]
+    NoTiers {
+        service: String,
+        action: String,
+        version: String,
     },
     #[error("quantity overflow")]
     QuantityOverflow,
@@ -260,16 +285,18 @@ impl Bill {
                 .count("lines", account.lines.len());
             for line in &account.lines {
                 let original = line.original_month.map(|m| m.to_string());
-                a = a.nested(
-                    "line",
-                    Canonical::new("line")
-                        .str("service", &line.service)
-                        .str("action", &line.action)
-                        .display("unit", &line.unit)
-                        .display("quantity", &line.quantity.normalize())
-                        .display("amount", &line.amount)
-                        .opt_str("original_month", original.as_deref()),
-                );
+                let mut l = Canonical::new("line")
+                    .str("service", &line.service)
+                    .str("action", &line.action)
+                    .display("unit", &line.unit)
+                    .display("quantity", &line.quantity.normalize())
+                    .display("amount", &line.amount)
+                    .opt_str("original_month", original.as_deref());
+                // Only on split lines, so bills sealed before the price book hash as they did.
+                if let Some(from) = line.prices_from {
+                    l = l.i64("prices_from", from.timestamp_millis());
+                }
+                a = a.nested("line", l);
             }
             c = c.nested("account", a.display("total", &account.total));
         }
@@ -353,8 +380,15 @@ impl RouteKey {
 
 // === Builder: the computation's working state ===
 
-/// `(original month, service, action, unit)`: `None` (this month) sorts first.
-type LineKey = (Option<BillingMonth>, String, String, Unit);
+/// `(original month, service, action, unit, epoch)`: `None` (this month) sorts first; the
+/// epoch is the first price version of the line's prices (`None`: no price known).
+type LineKey = (
+    Option<BillingMonth>,
+    String,
+    String,
+    Unit,
+    Option<PriceVersionId>,
+);
 
 #[derive(Default)]
 struct LineAcc {
@@ -377,7 +411,8 @@ type TierGroupKey = (Option<BillingMonth>, RouteKey, TierPool);
 #[derive(Default)]
 struct TierGroup {
     base: Option<u64>,
-    quantities: BTreeMap<AccountId, u64>,
+    /// Per epoch (first price version of the tiers), in version order, each account's quantity.
+    epochs: BTreeMap<PriceVersionId, BTreeMap<AccountId, u64>>,
 }
 
 struct Builder<'a> {
@@ -429,39 +464,77 @@ impl<'a> Builder<'a> {
             });
         }
         let route = RouteKey::new(&usage.service, &usage.action);
-        let tiered = self
-            .input
-            .prices
-            .get(&route)
-            .is_some_and(RoutePrice::is_tiered);
-        let key = |unit| {
+        let prices = &self.input.prices;
+        let price = prices.route_price(usage.price_version, &route);
+        let epoch = |unit: &Unit| {
+            prices
+                .epoch(usage.price_version, &route, unit)
+                .map(|v| v.id)
+        };
+        let key = |unit: Unit| {
+            let epoch = epoch(&unit);
             (
                 original_month,
                 usage.service.clone(),
                 usage.action.clone(),
                 unit,
+                epoch,
             )
         };
+        let tiered_epoch = if usage.tiered {
+            match (
+                price.is_some_and(RoutePrice::is_tiered),
+                epoch(&Unit::Requests),
+            ) {
+                (true, Some(e)) => Some(e),
+                _ => {
+                    return Err(BillError::NoTiers {
+                        service: usage.service.clone(),
+                        action: usage.action.clone(),
+                        version: usage.price_version.map_or_else(
+                            || "1 (before the price book)".to_owned(),
+                            |v| v.to_string(),
+                        ),
+                    });
+                }
+            }
+        } else {
+            None
+        };
+        let (requests_key, gb_in_key, gb_out_key) =
+            (key(Unit::Requests), key(Unit::GbIn), key(Unit::GbOut));
 
         let lines = self.account_lines(&usage.account_id)?;
-        let requests = lines.entry(key(Unit::Requests)).or_default();
+        let requests = lines.entry(requests_key).or_default();
         add_quantity(&mut requests.raw_quantity, usage.quantity)?;
-        if !tiered {
+        if tiered_epoch.is_none() {
             requests.exact = requests.exact.checked_add(usage.amounts.requests)?;
         }
-        for (unit, bytes, amount) in [
-            (Unit::GbIn, usage.bytes_in, usage.amounts.gb_in),
-            (Unit::GbOut, usage.bytes_out, usage.amounts.gb_out),
+        for (line_key, bytes, amount, per_gb) in [
+            (
+                gb_in_key,
+                usage.bytes_in,
+                usage.amounts.gb_in,
+                price.map(RoutePrice::per_gb_in),
+            ),
+            (
+                gb_out_key,
+                usage.bytes_out,
+                usage.amounts.gb_out,
+                price.map(RoutePrice::per_gb_out),
+            ),
         ] {
-            if bytes == 0 && amount.is_zero() {
+            // SPEC M3: lines carry only units that have a price.
+            let priced = per_gb.is_some_and(|p| !p.is_zero());
+            if amount.is_zero() && (bytes == 0 || !priced) {
                 continue;
             }
-            let line = lines.entry(key(unit)).or_default();
+            let line = lines.entry(line_key).or_default();
             add_quantity(&mut line.raw_quantity, bytes)?;
             line.exact = line.exact.checked_add(amount)?;
         }
 
-        if tiered {
+        if let Some(epoch) = tiered_epoch {
             let pool = if usage.in_org_tier_pool {
                 TierPool::Organization
             } else {
@@ -479,7 +552,9 @@ impl<'a> Builder<'a> {
                 _ => group.base = Some(tier_base),
             }
             let q = group
-                .quantities
+                .epochs
+                .entry(epoch)
+                .or_default()
                 .entry(usage.account_id.clone())
                 .or_default();
             *q = q
@@ -489,36 +564,46 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    /// Prices each tier group on its combined quantity and shares the rounded total out.
+    /// Prices each tier group on its combined quantity, epoch by epoch in version order (each
+    /// on its own tiers, continuing where the previous ended), and shares each rounded total out.
     fn charge_tiers(&mut self) -> Result<(), BillError> {
         let tiers = std::mem::take(&mut self.tiers);
         for ((original_month, route, _pool), group) in tiers {
-            let Some(price) = self.input.prices.get(&route) else {
-                continue;
-            };
-            let base = group.base.unwrap_or(0);
-            let combined = group
-                .quantities
-                .values()
-                .try_fold(0u64, |acc, q| acc.checked_add(*q))
-                .ok_or(BillError::QuantityOverflow)?;
-            let end = base
-                .checked_add(combined)
-                .ok_or(BillError::QuantityOverflow)?;
-            let total = price
-                .tier_total(end)?
-                .checked_sub(price.tier_total(base)?)?
-                .round_cents();
-            let shares: Vec<(AccountId, u64)> = group.quantities.into_iter().collect();
-            for (account_id, amount) in allocate_cents(total, &shares)? {
-                let key = (
-                    original_month,
-                    route.service.clone(),
-                    route.action.clone(),
-                    Unit::Requests,
-                );
-                let line = self.account_lines(&account_id)?.entry(key).or_default();
-                line.cents = line.cents.checked_add(amount)?;
+            let mut position = group.base.unwrap_or(0);
+            for (epoch, quantities) in group.epochs {
+                let price = self
+                    .input
+                    .prices
+                    .route_price(Some(epoch), &route)
+                    .ok_or_else(|| BillError::NoTiers {
+                        service: route.service.clone(),
+                        action: route.action.clone(),
+                        version: epoch.to_string(),
+                    })?;
+                let combined = quantities
+                    .values()
+                    .try_fold(0u64, |acc, q| acc.checked_add(*q))
+                    .ok_or(BillError::QuantityOverflow)?;
+                let end = position
+                    .checked_add(combined)
+                    .ok_or(BillError::QuantityOverflow)?;
+                let total = price
+                    .tier_total(end)?
+                    .checked_sub(price.tier_total(position)?)?
+                    .round_cents();
+                position = end;
+                let shares: Vec<(AccountId, u64)> = quantities.into_iter().collect();
+                for (account_id, amount) in allocate_cents(total, &shares)? {
+                    let key = (
+                        original_month,
+                        route.service.clone(),
+                        route.action.clone(),
+                        Unit::Requests,
+                        Some(epoch),
+                    );
+                    let line = self.account_lines(&account_id)?.entry(key).or_default();
+                    line.cents = line.cents.checked_add(amount)?;
+                }
             }
         }
         Ok(())
@@ -563,6 +648,7 @@ impl<'a> Builder<'a> {
                     plans.service.clone(),
                     PLAN_ACTION.to_owned(),
                     Unit::Plan(name.to_owned()),
+                    None,
                 );
                 let line = self
                     .account_lines(&plans.account_id)?
@@ -577,6 +663,27 @@ impl<'a> Builder<'a> {
 
     fn finish(self) -> Result<Bill, BillError> {
         let payer = self.input.payer.clone();
+        // Lines (of any account) whose unit had more than one epoch in their month are split
+        // and show `prices_from`.
+        let mut epochs: BTreeMap<
+            (Option<BillingMonth>, &str, &str, &Unit),
+            BTreeSet<PriceVersionId>,
+        > = BTreeMap::new();
+        for lines in self.lines.values() {
+            for (month, service, action, unit, epoch) in lines.keys() {
+                if let Some(epoch) = epoch {
+                    epochs
+                        .entry((*month, service, action, unit))
+                        .or_default()
+                        .insert(*epoch);
+                }
+            }
+        }
+        let split: BTreeSet<(Option<BillingMonth>, String, String, Unit)> = epochs
+            .into_iter()
+            .filter(|(_, e)| e.len() > 1)
+            .map(|((m, s, a, u), _)| (m, s.to_owned(), a.to_owned(), u.clone()))
+            .collect();
         let mut accounts = Vec::with_capacity(self.lines.len());
         for (account_id, lines) in self.lines {
             let name = self
@@ -588,8 +695,24 @@ impl<'a> Builder<'a> {
                     account_id: account_id.clone(),
                 })?;
             let mut out = Vec::with_capacity(lines.len());
-            for ((original_month, service, action, unit), line) in lines {
+            for ((original_month, service, action, unit, epoch), line) in lines {
                 let quantity = display_quantity(&unit, line.raw_quantity);
+                let is_split = split.contains(&(
+                    original_month,
+                    service.clone(),
+                    action.clone(),
+                    unit.clone(),
+                ));
+                let prices_from = match epoch {
+                    Some(epoch) if is_split => {
+                        let start = original_month.unwrap_or(self.input.month).start();
+                        self.input
+                            .prices
+                            .version(Some(epoch))
+                            .map(|v| v.effective_from.max(start))
+                    }
+                    _ => None,
+                };
                 out.push(BillLine {
                     service,
                     action,
@@ -597,6 +720,7 @@ impl<'a> Builder<'a> {
                     quantity,
                     amount: line_amount(&line)?,
                     original_month,
+                    prices_from,
                 });
             }
             let total = Money::checked_sum(out.iter().map(|l| l.amount))?;

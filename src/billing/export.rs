@@ -4,7 +4,8 @@
 //! Owns the export formats only; it must not compute anything (amounts come from the `Bill`).
 //!
 //! CSV columns: `payer_account_id,month,status,account_id,account_name,billed_to,service,
-//! action,unit,quantity,amount,original_month` (the last is empty except on adjustment lines).
+//! action,unit,quantity,amount,original_month,prices_from` (`original_month` is empty except on
+//! adjustment lines, `prices_from` except on lines whose prices changed within the month).
 //! Rows end in CRLF; a field holding `,`, `"`, CR or LF is quoted with `"` doubled. An account
 //! name starting with `=`, `+`, `-`, `@`, TAB or CR gets a leading `'` so a spreadsheet never
 //! runs it as a formula (OWASP's CSV-injection advice); the parser keeps that `'`.
@@ -12,6 +13,7 @@
 use std::fmt::Write as _;
 use std::str::FromStr;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use rust_decimal::Decimal;
 
 use super::bill::{Bill, BillStatus, CURRENCY, Unit};
@@ -20,7 +22,7 @@ use super::month::BillingMonth;
 use crate::ids::AccountId;
 
 /// The CSV header, in column order.
-pub const CSV_COLUMNS: [&str; 12] = [
+pub const CSV_COLUMNS: [&str; 13] = [
     "payer_account_id",
     "month",
     "status",
@@ -33,6 +35,7 @@ pub const CSV_COLUMNS: [&str; 12] = [
     "quantity",
     "amount",
     "original_month",
+    "prices_from",
 ];
 
 /// One CSV row, typed.
@@ -50,6 +53,8 @@ pub struct CsvRow {
     pub quantity: Decimal,
     pub amount: Money,
     pub original_month: Option<BillingMonth>,
+    /// On a line whose prices changed within its month (SPEC M4): RFC 3339, UTC.
+    pub prices_from: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,6 +101,9 @@ pub fn to_csv(bill: &Bill) -> String {
                 row.original_month
                     .map(|m| m.to_string())
                     .unwrap_or_default(),
+                row.prices_from
+                    .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+                    .unwrap_or_default(),
             ],
         );
     }
@@ -120,6 +128,7 @@ pub fn rows(bill: &Bill) -> Vec<CsvRow> {
                 quantity: line.quantity,
                 amount: line.amount,
                 original_month: line.original_month,
+                prices_from: line.prices_from,
             })
         })
         .collect()
@@ -329,8 +338,9 @@ fn parse_row(row: usize, fields: Vec<String>) -> Result<CsvRow, CsvError> {
             quantity,
             amount,
             original_month,
+            prices_from,
         ],
-    ) = <[String; 12]>::try_from(fields)
+    ) = <[String; 13]>::try_from(fields)
     else {
         return Err(CsvError::FieldCount {
             row,
@@ -365,6 +375,15 @@ fn parse_row(row: usize, fields: Vec<String>) -> Result<CsvRow, CsvError> {
         } else {
             Some(month_of("original_month", &original_month)?)
         },
+        prices_from: if prices_from.is_empty() {
+            None
+        } else {
+            Some(
+                DateTime::parse_from_rfc3339(&prices_from)
+                    .map_err(|_| bad("prices_from", &prices_from))?
+                    .with_timezone(&Utc),
+            )
+        },
     })
 }
 
@@ -391,6 +410,7 @@ mod tests {
             quantity: Decimal::from_str(quantity).unwrap_or_else(|e| panic!("{e}")),
             amount: m(amount),
             original_month: adj.map(|s| BillingMonth::parse(s).unwrap_or_else(|e| panic!("{e}"))),
+            prices_from: None,
         }
     }
 
@@ -437,14 +457,14 @@ mod tests {
         let bill = sample("Team \"B\", Research\nDept");
         let csv = to_csv(&bill);
         assert!(csv.starts_with(
-            "payer_account_id,month,status,account_id,account_name,billed_to,service,action,unit,quantity,amount,original_month\r\n"
+            "payer_account_id,month,status,account_id,account_name,billed_to,service,action,unit,quantity,amount,original_month,prices_from\r\n"
         ));
         assert!(csv.contains("\"Team \"\"B\"\", Research\nDept\""), "{csv}");
         assert!(csv.contains(
-            "100000000000,2026-04,FINAL,100000000000,Payer Inc,100000000000,storage,storage:GetObject,GB-out,0.5,0.05,\r\n"
+            "100000000000,2026-04,FINAL,100000000000,Payer Inc,100000000000,storage,storage:GetObject,GB-out,0.5,0.05,,\r\n"
         ));
         assert!(
-            csv.contains(",storage:GetObject,requests,10,-0.13,2026-03\r\n"),
+            csv.contains(",storage:GetObject,requests,10,-0.13,2026-03,\r\n"),
             "{csv}"
         );
         assert_eq!(csv.matches("\r\n").count(), 5);
@@ -488,10 +508,10 @@ mod tests {
         assert_eq!(parse_records("x"), Ok(vec![vec!["x".to_string()]]));
         assert!(matches!(parse_csv("a,b\r\n"), Err(CsvError::Header { .. })));
         let csv = to_csv(&sample("B"));
-        let short = csv.replacen(",2026-03\r\n", "\r\n", 1);
+        let short = csv.replacen(",2026-03,\r\n", ",2026-03\r\n", 1);
         assert!(matches!(
             parse_csv(&short),
-            Err(CsvError::FieldCount { found: 11, .. })
+            Err(CsvError::FieldCount { found: 12, .. })
         ));
         let bad_amount = csv.replacen(",7.33,", ",7.3.3,", 1);
         assert!(matches!(

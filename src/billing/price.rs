@@ -5,6 +5,8 @@
 //!
 //! A GB here is 2^30 bytes (1,073,741,824), AWS's billing GB.
 
+use std::sync::Arc;
+
 use rust_decimal::Decimal;
 
 use super::money::{Money, MoneyError, UnitPrice};
@@ -19,7 +21,8 @@ pub struct RoutePrice {
     per_request: UnitPrice,
     per_gb_in: UnitPrice,
     per_gb_out: UnitPrice,
-    per_request_tiers: Option<Vec<PriceTier>>,
+    /// Shared, so a call's charge can carry them to the spend estimate without a copy.
+    per_request_tiers: Option<Arc<[PriceTier]>>,
 }
 
 /// One graduated tier: requests up to and including `up_to` (counted from the first of the
@@ -75,6 +78,13 @@ pub struct Amounts {
 
 // === impl RoutePrice ===
 
+/// No prices: every call is free.
+impl Default for RoutePrice {
+    fn default() -> Self {
+        Self::flat(Money::ZERO, Money::ZERO, Money::ZERO)
+    }
+}
+
 impl RoutePrice {
     /// Validates every field and reports every problem at once.
     pub fn parse(raw: &RawRoutePrice<'_>) -> Result<Self, Vec<PriceError>> {
@@ -98,7 +108,7 @@ impl RoutePrice {
                 if raw.per_request.is_some() {
                     errors.push(PriceError::FlatAndTiered);
                 }
-                Some(parse_tiers(tiers, &mut errors))
+                Some(Arc::from(parse_tiers(tiers, &mut errors)))
             }
         };
         if errors.is_empty() {
@@ -140,6 +150,11 @@ impl RoutePrice {
         self.per_request_tiers.as_deref()
     }
 
+    /// The tiers, shared (for a call's charge: the spend estimate prices it on them).
+    pub fn shared_tiers(&self) -> Option<Arc<[PriceTier]>> {
+        self.per_request_tiers.clone()
+    }
+
     pub fn is_tiered(&self) -> bool {
         self.per_request_tiers.is_some()
     }
@@ -174,6 +189,16 @@ impl RoutePrice {
             Some(tiers) => tier_total(tiers, quantity),
         }
     }
+}
+
+/// The price of the request at 1-based `position` of the month under graduated `tiers`: the
+/// marginal rate (the last tier's price beyond every bound).
+pub fn marginal_price(tiers: &[PriceTier], position: u64) -> UnitPrice {
+    tiers
+        .iter()
+        .find(|t| t.up_to.is_none_or(|up_to| position <= up_to))
+        .or(tiers.last())
+        .map_or(Money::ZERO, |t| t.price)
 }
 
 /// `bytes * price / 2^30`, multiplying first so the only inexact step is one division.

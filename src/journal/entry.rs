@@ -7,6 +7,7 @@
 //! JSON columns are built explicitly with `serde_json::json!` (domain types derive no serde).
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -15,7 +16,9 @@ use super::JournalError;
 use super::decisions::DecisionRow;
 use super::ledger::LedgerRow;
 use crate::authz::{Decision, OrgTier, PolicyRef, ReloadTrigger, Request, Resource, Tier, Verdict};
-use crate::billing::{Amounts, BillingMonth, Money, MoneyError, RoutePrice, UnitPrice};
+use crate::billing::{
+    Amounts, BillingMonth, Money, MoneyError, PriceTier, PriceVersionId, RoutePrice, UnitPrice,
+};
 use crate::ids::{AccountId, OrgId, RequestId, UserName};
 use crate::store::sql::to_ms;
 
@@ -43,7 +46,7 @@ pub struct MeteredCall {
 }
 
 /// Unit prices in force and the exact (unrounded) amounts they gave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Charge {
     /// `None` when the route has no flat request price (unpriced or tiered).
     pub per_request: Option<UnitPrice>,
@@ -52,6 +55,12 @@ pub struct Charge {
     /// The request charge is computed on the bill from graduated tiers (`amounts.requests` is 0).
     pub tiered: bool,
     pub amounts: Amounts,
+    /// The price book version the prices come from (stored with the record: the bill prices
+    /// the record with it). `None` only for records made without a price book (tests).
+    pub price_version: Option<PriceVersionId>,
+    /// A tiered route's tiers, in memory only (never stored: the version names them): the
+    /// month-to-date spend estimates the call at its marginal rate (`journal::spend`).
+    pub tiers: Option<Arc<[PriceTier]>>,
 }
 
 /// A metered call (SPEC M1), written before the response head is sent (M2).
@@ -154,6 +163,8 @@ pub(super) struct PendingLedger {
     pub event_month: BillingMonth,
     /// `row.amount`, for the running month-to-date spend.
     pub amount: Money,
+    /// A tiered call's tiers, for the spend estimate (`journal::spend`).
+    pub tiers: Option<Arc<[PriceTier]>>,
 }
 
 // === impl RecordId ===
@@ -204,7 +215,15 @@ impl Charge {
             per_gb_out: nonzero(price.per_gb_out()),
             tiered: price.is_tiered(),
             amounts: price.amounts(requests, bytes_in, bytes_out)?,
+            price_version: None,
+            tiers: price.shared_tiers(),
         })
+    }
+
+    /// The same charge, made under price book version `version`.
+    pub fn under(mut self, version: Option<PriceVersionId>) -> Self {
+        self.price_version = version;
+        self
     }
 
     /// No prices, no amounts.
@@ -215,6 +234,8 @@ impl Charge {
             per_gb_out: None,
             tiered: false,
             amounts: Amounts::default(),
+            price_version: None,
+            tiers: None,
         }
     }
 }
@@ -314,6 +335,16 @@ fn ledger_pending(
     let event_month = BillingMonth::containing(event_time)
         .map_err(|e| JournalError::Invalid(format!("event time of `{record_id}`: {e}")))?;
     let price = |p: Option<UnitPrice>| p.map(|p| p.to_string());
+    let price_version = charge
+        .price_version
+        .map(|v| {
+            i64::try_from(v.get()).map_err(|_| {
+                JournalError::Invalid(format!(
+                    "price version {v} of `{record_id}` is out of range"
+                ))
+            })
+        })
+        .transpose()?;
     let row = LedgerRow {
         record_id: record_id.0,
         kind: if call_record_id.is_some() {
@@ -341,6 +372,7 @@ fn ledger_pending(
         per_gb_in: price(charge.per_gb_in),
         per_gb_out: price(charge.per_gb_out),
         tiered: charge.tiered,
+        price_version,
         amount_requests: charge.amounts.requests.to_string(),
         amount_gb_in: charge.amounts.gb_in.to_string(),
         amount_gb_out: charge.amounts.gb_out.to_string(),
@@ -353,6 +385,11 @@ fn ledger_pending(
         row,
         event_month,
         amount,
+        tiers: if charge.tiered && quantity > 0 {
+            charge.tiers
+        } else {
+            None
+        },
     })))
 }
 

@@ -42,21 +42,32 @@ pub(super) struct LedgerRow {
     /// The `X-Request-Id` an untrusted client sent (F2); hashed only when present, so records
     /// from before the column hash as they always did.
     pub client_request_id: Option<String>,
+    /// The price book version the record was made under (`None` before the price book).
+    pub price_version: Option<i64>,
 }
 
 /// The hashed columns, in the order of [`LedgerRow`] and of the canonical encoding.
 const COLUMNS: &str = "record_id, kind, call_record_id, event_time, commit_time, request_id, \
      account_id, payer_account_id, org_id, user_name, service, action, method, status, bytes_in, \
      bytes_out, quantity, per_request, per_gb_in, per_gb_out, tiered, amount_requests, \
-     amount_gb_in, amount_gb_out, amount, billing_month, original_month, client_request_id";
+     amount_gb_in, amount_gb_out, amount, billing_month, original_month, client_request_id, \
+     price_version";
 
+/// Records without a price version (written before the price book) keep their v1 encoding, so
+/// existing chains still verify; records with one are v2, which adds it.
 const CANONICAL_TAG: &str = "tollgate/ledger/v1";
+const CANONICAL_TAG_V2: &str = "tollgate/ledger/v2";
 
 // === impl LedgerRow ===
 
 impl LedgerRow {
     pub fn canonical(&self) -> Vec<u8> {
-        let canonical = Canonical::new(CANONICAL_TAG)
+        let tag = if self.price_version.is_some() {
+            CANONICAL_TAG_V2
+        } else {
+            CANONICAL_TAG
+        };
+        let c = Canonical::new(tag)
             .str("record_id", &self.record_id)
             .str("kind", &self.kind)
             .opt_str("call_record_id", self.call_record_id.as_deref())
@@ -84,9 +95,13 @@ impl LedgerRow {
             .str("amount", &self.amount)
             .str("billing_month", &self.billing_month)
             .opt_str("original_month", self.original_month.as_deref());
-        match &self.client_request_id {
-            Some(id) => canonical.str("client_request_id", id).finish(),
-            None => canonical.finish(),
+        let c = match &self.client_request_id {
+            Some(id) => c.str("client_request_id", id),
+            None => c,
+        };
+        match self.price_version {
+            Some(v) => c.i64("price_version", v).finish(),
+            None => c.finish(),
         }
     }
 
@@ -95,7 +110,7 @@ impl LedgerRow {
             &format!(
                 "INSERT INTO ledger (seq, {COLUMNS}, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, \
              ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, \
-             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)"
+             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)"
             ),
             params![
                 seq as i64,
@@ -127,6 +142,7 @@ impl LedgerRow {
                 self.billing_month,
                 self.original_month,
                 self.client_request_id,
+                self.price_version,
                 chain::to_hex(prev),
                 chain::to_hex(hash),
             ],
@@ -165,6 +181,7 @@ impl LedgerRow {
             billing_month: row.get(at + 25)?,
             original_month: row.get(at + 26)?,
             client_request_id: row.get(at + 27)?,
+            price_version: row.get(at + 28)?,
         })
     }
 }

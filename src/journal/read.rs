@@ -21,7 +21,7 @@ use crate::authz::{
     FeatureSet, OrgMembership, PolicyRef, Principal, Request, RequestContext, Resource,
     TargetAccount, TargetUser, Tier, Verdict,
 };
-use crate::billing::{Adjustment, Amounts, BillingMonth, Money, UsageAggregate};
+use crate::billing::{Adjustment, Amounts, BillingMonth, Money, PriceVersionId, UsageAggregate};
 use crate::chain::{self, Hash};
 use crate::db::{
     Behavior, Conn, DbError, OptionalExtension, Row, ToValue, Value as SqlValue, params,
@@ -155,11 +155,22 @@ pub fn usage_for_bill(
             r.get(0)
         })
         .map_err(unavailable)?;
-    type Key = (Option<String>, String, bool, String, String);
+    // Grouped by the price version and tiering the records were made under too: the bill
+    // prices each group with its own version (issue 17).
+    type Key = (
+        Option<String>,
+        String,
+        bool,
+        String,
+        String,
+        Option<i64>,
+        bool,
+    );
     let mut groups: BTreeMap<Key, (u64, u64, u64, Amounts)> = BTreeMap::new();
     tx.for_each(
         "SELECT original_month, account_id, org_id IS NOT NULL, service, action,
-                quantity, bytes_in, bytes_out, amount_requests, amount_gb_in, amount_gb_out
+                quantity, bytes_in, bytes_out, amount_requests, amount_gb_in, amount_gb_out,
+                price_version, tiered
          FROM ledger WHERE payer_account_id = ?1 AND billing_month = ?2",
         params![payer.as_str(), month.to_string()],
         |row| {
@@ -169,6 +180,8 @@ pub fn usage_for_bill(
                 row.get(2).map_err(unavailable)?,
                 row.get(3).map_err(unavailable)?,
                 row.get(4).map_err(unavailable)?,
+                row.get(11).map_err(unavailable)?,
+                row.get(12).map_err(unavailable)?,
             );
             let count = |i: usize| -> Result<u64, JournalError> {
                 let n: i64 = row.get(i).map_err(unavailable)?;
@@ -198,10 +211,21 @@ pub fn usage_for_bill(
     let mut usage = Vec::new();
     let mut adjustments = Vec::new();
     let mut bases: BTreeMap<(String, String, String, Option<String>), u64> = BTreeMap::new();
-    for ((original, account, pooled, service, action), (quantity, bytes_in, bytes_out, amounts)) in
-        groups
+    for (
+        (original, account, pooled, service, action, price_version, tiered),
+        (quantity, bytes_in, bytes_out, amounts),
+    ) in groups
     {
         let account_id = AccountId::parse(&account).map_err(|e| corrupt(e.to_string()))?;
+        let price_version = match price_version {
+            None => None,
+            Some(v) => Some(
+                u64::try_from(v)
+                    .ok()
+                    .and_then(PriceVersionId::new)
+                    .ok_or_else(|| corrupt(format!("price version {v} in the ledger")))?,
+            ),
+        };
         let aggregate = UsageAggregate {
             account_id,
             billed_to: payer.clone(),
@@ -212,6 +236,8 @@ pub fn usage_for_bill(
             bytes_in,
             bytes_out,
             amounts,
+            price_version,
+            tiered,
         };
         match original {
             None => usage.push(aggregate),
@@ -225,12 +251,16 @@ pub fn usage_for_bill(
                     aggregate.action.clone(),
                     pool.clone(),
                 );
-                let base = match bases.get(&key) {
-                    Some(b) => *b,
-                    None => {
-                        let b = tier_base(&tx, payer, &aggregate, &original, month, pool)?;
-                        bases.insert(key, b);
-                        b
+                let base = if !tiered {
+                    0
+                } else {
+                    match bases.get(&key) {
+                        Some(b) => *b,
+                        None => {
+                            let b = tier_base(&tx, payer, &aggregate, &original, month, pool)?;
+                            bases.insert(key, b);
+                            b
+                        }
                     }
                 };
                 adjustments.push(Adjustment {
@@ -261,7 +291,7 @@ fn tier_base(
     let n: i64 = conn
         .query_row(
             "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger
-             WHERE payer_account_id = ?1 AND service = ?2 AND action = ?3
+             WHERE payer_account_id = ?1 AND service = ?2 AND action = ?3 AND tiered <> 0
                AND ((billing_month = ?4 AND original_month IS NULL)
                     OR (original_month = ?4 AND billing_month < ?5))
                AND CASE WHEN CAST(?6 AS TEXT) IS NULL THEN org_id IS NOT NULL

@@ -628,7 +628,7 @@ async fn a_forged_record_slipped_in_is_reported() {
                 account_id, payer_account_id, org_id, user_name, service, action, method, \
                 status, bytes_in, bytes_out, quantity, per_request, per_gb_in, per_gb_out, \
                 tiered, amount_requests, amount_gb_in, amount_gb_out, amount, billing_month, \
-                original_month, client_request_id";
+                original_month, client_request_id, price_version";
     let (mut row, prev_hex): (ledger::LedgerRow, String) = conn
         .query_row(
             &format!("SELECT seq, prev_hash, hash, {cols} FROM ledger WHERE seq = 2"),
@@ -1053,8 +1053,10 @@ async fn a_record_of_a_final_month_is_booked_on_the_next_open_month() {
     assert_eq!(adj.usage.account_id, acct(B));
     assert!(adj.usage.in_org_tier_pool);
     assert_eq!(adj.usage.quantity, 1);
-    // The pooled February quantity already billed: 4 calls.
-    assert_eq!(adj.tier_base_quantity, 4);
+    // These calls are priced flat: only tiered records count toward tiers (issue 17), so no
+    // tier base.
+    assert!(!adj.usage.tiered);
+    assert_eq!(adj.tier_base_quantity, 0);
     // February's bill did not change.
     assert_eq!(
         usage_for_bill(&conn, &payer, feb).unwrap().usage,
@@ -1083,8 +1085,9 @@ async fn a_record_of_a_final_month_is_booked_on_the_next_open_month() {
         ("2026-04", Some("2026-02"))
     );
     let april = usage_for_bill(&conn, &payer, BillingMonth::parse("2026-04").unwrap()).unwrap();
-    // Base = February's 4 + the late one booked on March.
-    assert_eq!(april.adjustments[0].tier_base_quantity, 5);
+    // Flat calls: no tier base (only tiered records count toward tiers, issue 17; the base of
+    // tiered late records is covered by `billing::m6_*` and the bill tests).
+    assert_eq!(april.adjustments[0].tier_base_quantity, 0);
 
     // Finals survive a restart.
     drop(journal);

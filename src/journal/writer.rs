@@ -103,6 +103,8 @@ struct Committed {
     decision_records: u64,
     /// `(account, month, total)` written to `ledger_spend`.
     spend: Vec<(String, String, Money)>,
+    /// Tiered quantities the batch added to their pools (the spend estimate, `journal::spend`).
+    pooled: super::spend::PoolBatch,
 }
 
 // === impl WriterState ===
@@ -165,6 +167,7 @@ impl WriterState {
                 &mut batch,
                 final_cmd.as_ref(),
                 commit_time,
+                &shared.spend,
             )
         });
         match result {
@@ -177,6 +180,7 @@ impl WriterState {
                 *shared.heads.lock() = self.heads();
                 // Before any ack: a request that follows an acknowledged call sees its spend.
                 shared.spend.set(done.spend);
+                shared.spend.commit_pooled(done.pooled);
                 if !shared.healthy.swap(true, Ordering::AcqRel) {
                     tracing::info!("journal writes succeed again");
                 }
@@ -410,6 +414,10 @@ fn linger(
 
 /// Writes one batch; `Err` carries the reason (the transaction rolled back on drop). On a
 /// shared database the heads and `finals` are read again under the lock (module docs).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the writer's state, split so the batch can borrow it field by field"
+)]
 fn write_batch(
     conn: &Conn,
     shared_db: bool,
@@ -418,6 +426,7 @@ fn write_batch(
     batch: &mut [Write],
     final_cmd: Option<&MarkFinal>,
     commit_time: DateTime<Utc>,
+    spend_book: &super::SpendBook,
 ) -> Result<Committed, String> {
     let sql = |e: DbError| e.to_string();
     let tx = conn.transaction(Behavior::Journal).map_err(sql)?;
@@ -435,6 +444,7 @@ fn write_batch(
     let mut seqs = Vec::with_capacity(batch.len());
     let mut spend: HashMap<(String, String), (Money, i64)> = HashMap::new();
     let (mut ledger_records, mut decision_records) = (0u64, 0u64);
+    let mut pooled = super::spend::PoolBatch::default();
     for w in batch.iter_mut() {
         // Issue 17 item 1: an entry whose dependency failed (in an earlier batch, or refused
         // earlier in this one) is not written. A pending dependency is in this batch (FIFO).
@@ -451,6 +461,11 @@ fn write_batch(
                 p.row.billing_month = billing.to_string();
                 p.row.original_month = original.map(|m| m.to_string());
                 p.row.commit_time = to_ms(commit_time);
+                // Before the insert, so a first load of the pool does not count this record.
+                let estimate = match &p.tiers {
+                    Some(tiers) => tiered_estimate(&tx, spend_book, &mut pooled, &p.row, tiers)?,
+                    None => Money::ZERO,
+                };
                 let seq = ledger_head.seq + 1;
                 let hash = chain::link(&ledger_head.hash, &p.row.canonical());
                 p.row
@@ -460,7 +475,11 @@ fn write_batch(
                 let slot = spend
                     .entry((p.row.account_id.clone(), p.row.billing_month.clone()))
                     .or_insert((Money::ZERO, 0));
-                slot.0 = slot.0.checked_add(p.amount).map_err(|e| e.to_string())?;
+                slot.0 = slot
+                    .0
+                    .checked_add(p.amount)
+                    .and_then(|a| a.checked_add(estimate))
+                    .map_err(|e| e.to_string())?;
                 slot.1 += 1;
                 seqs.push(Some(seq));
                 ledger_records += 1;
@@ -494,6 +513,49 @@ fn write_batch(
         ledger_records,
         decision_records,
         spend: totals,
+        pooled,
+    })
+}
+
+/// A tiered call's spend estimate (`journal::spend`); the pool's committed quantity is read
+/// from the ledger once per group and month.
+fn tiered_estimate(
+    tx: &Tx<'_>,
+    book: &super::SpendBook,
+    pooled: &mut super::spend::PoolBatch,
+    row: &ledger::LedgerRow,
+    tiers: &[crate::billing::PriceTier],
+) -> Result<Money, String> {
+    let call = super::spend::TieredCall {
+        month: &row.billing_month,
+        payer: &row.payer_account_id,
+        account: &row.account_id,
+        org: row.org_id.as_deref(),
+        service: &row.service,
+        action: &row.action,
+        quantity: u64::try_from(row.quantity).unwrap_or(0),
+    };
+    book.estimate_tiered(pooled, &call, tiers, || {
+        let n: i64 = tx
+            .query_row(
+                "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM ledger
+                 WHERE payer_account_id = ?1 AND billing_month = ?2 AND service = ?3
+                   AND action = ?4 AND tiered <> 0
+                   AND CASE WHEN CAST(?5 AS TEXT) IS NULL
+                            THEN org_id IS NULL AND account_id = ?6
+                            ELSE org_id = ?5 END",
+                params![
+                    row.payer_account_id,
+                    row.billing_month,
+                    row.service,
+                    row.action,
+                    row.org_id,
+                    row.account_id
+                ],
+                |r| r.get(0),
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(u64::try_from(n).unwrap_or(0))
     })
 }
 

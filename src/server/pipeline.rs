@@ -460,7 +460,8 @@ impl Meter {
         after: Vec<Dependency>,
     ) -> Result<RecordId, Rejection> {
         let charge = Charge::at_price(&self.price.price, 1, bytes_in, 0)
-            .map_err(|e| Rejection::internal(&e))?;
+            .map_err(|e| Rejection::internal(&e))?
+            .under(self.price.price_version);
         let record_id = RecordId::generate();
         let entry = LedgerEntry {
             record_id: record_id.clone(),
@@ -489,7 +490,7 @@ impl Meter {
             return;
         }
         let charge = match Charge::at_price(&self.price.price, 0, 0, bytes_out) {
-            Ok(charge) => charge,
+            Ok(charge) => charge.under(self.price.price_version),
             Err(e) => {
                 tracing::error!(error = %e, "cannot price a transfer");
                 return;

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::billing::price::{RawPriceTier, RawRoutePrice, RoutePrice};
-use crate::config::{Config, PriceConfig, RouteConfig, ServiceConfig};
+use crate::billing::{PriceVersionId, RoutePrice};
+use crate::config::{Config, RouteConfig, ServiceConfig};
 
 /// Every service's routes, by service name.
 #[derive(Debug)]
@@ -34,6 +34,9 @@ pub struct Route {
     pub max_body: Option<u64>,
     /// What one call costs, as billing computes it.
     pub price: RoutePrice,
+    /// The price book version `price` belongs to, recorded with each call (held here so the
+    /// hot path never reads the price book). `None` only for a table compiled without a store.
+    pub price_version: Option<PriceVersionId>,
     segments: Vec<Segment>,
 }
 
@@ -66,14 +69,26 @@ pub struct Matched {
 // === impl RouteTable ===
 
 impl RouteTable {
-    /// Compiles every route; fails only on a price billing cannot use.
+    /// Compiles every route, with no price book version (tests, tools that do not meter).
     pub fn compile(config: &Config) -> Result<Self, String> {
+        Self::compile_priced(config, None)
+    }
+
+    /// Compiles every route; each call routed by it is metered under `price_version`, the
+    /// price book version recorded for this config (`crate::pricebook::record`).
+    pub fn compile_priced(
+        config: &Config,
+        price_version: Option<PriceVersionId>,
+    ) -> Result<Self, String> {
         let mut services = HashMap::new();
         for s in &config.services {
             let routes = s
                 .routes
                 .iter()
-                .map(|r| Route::compile(&s.name, r, s.case_insensitive_paths).map(Arc::new))
+                .map(|r| {
+                    Route::compile(&s.name, r, s.case_insensitive_paths, price_version)
+                        .map(Arc::new)
+                })
                 .collect::<Result<Vec<_>, String>>()?;
             let service = Service {
                 name: s.name.clone(),
@@ -122,7 +137,12 @@ impl RouteTable {
 impl Route {
     /// `fold_case`: the service routes case-insensitively, so literals are kept folded and
     /// matched against the folded request path (`path::fold_case`).
-    fn compile(service: &str, r: &RouteConfig, fold_case: bool) -> Result<Self, String> {
+    fn compile(
+        service: &str,
+        r: &RouteConfig,
+        fold_case: bool,
+        price_version: Option<PriceVersionId>,
+    ) -> Result<Self, String> {
         let segments = r
             .path
             .split('/')
@@ -139,7 +159,8 @@ impl Route {
             pattern: r.path.clone(),
             action: r.action.clone(),
             max_body: r.max_body,
-            price: route_price(&r.price).map_err(|e| format!("{service} {}: {e}", r.path))?,
+            price: r.price.clone(),
+            price_version,
             segments,
         })
     }
@@ -166,40 +187,6 @@ impl Route {
         }
         parts.next().is_none()
     }
-}
-
-/// The configured prices as billing's type (config has already checked their syntax).
-pub(crate) fn route_price(p: &PriceConfig) -> Result<RoutePrice, String> {
-    let strings = [p.per_request, p.per_gb_in, p.per_gb_out].map(|d| d.map(|d| d.to_string()));
-    let tier_prices: Vec<String> = p
-        .per_request_tiers
-        .iter()
-        .map(|(_, price)| price.to_string())
-        .collect();
-    let tiers = (!p.per_request_tiers.is_empty()).then(|| {
-        p.per_request_tiers
-            .iter()
-            .zip(&tier_prices)
-            .map(|((up_to, _), price)| RawPriceTier {
-                up_to: *up_to,
-                price: price.as_str(),
-            })
-            .collect()
-    });
-    let [per_request, per_gb_in, per_gb_out] = &strings;
-    RoutePrice::parse(&RawRoutePrice {
-        per_request: per_request.as_deref(),
-        per_gb_in: per_gb_in.as_deref(),
-        per_gb_out: per_gb_out.as_deref(),
-        per_request_tiers: tiers,
-    })
-    .map_err(|errors| {
-        errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
-    })
 }
 
 #[cfg(test)]

@@ -309,6 +309,17 @@ const SQLITE_MIGRATIONS: &[&str] = &[
      INSERT INTO login_failures (subject, address, failures, last_failure_at, locked_until)
         SELECT account_id || '/' || name_key, '*', 0, locked_until - 900000, locked_until
         FROM users WHERE locked_until IS NOT NULL;",
+    // (issue 17) the price book: every set of route prices and plans the gateway ran with, as
+    // numbered versions, hash-chained (`content` is the book as JSON, see `src/pricebook.rs`);
+    // each ledger record names the version it was made under (NULL: before the price book).
+    "CREATE TABLE price_versions (
+        version INTEGER PRIMARY KEY,
+        effective_from INTEGER NOT NULL,
+        content TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+     ) STRICT;
+     ALTER TABLE ledger ADD COLUMN price_version INTEGER;",
 ];
 
 /// The PostgreSQL schema, in the same numbering scheme as [`SQLITE_MIGRATIONS`] but its own
@@ -562,6 +573,15 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
      INSERT INTO login_failures (subject, address, failures, last_failure_at, locked_until)
         SELECT account_id || '/' || name_key, '*', 0, locked_until - 900000, locked_until
         FROM users WHERE locked_until IS NOT NULL;",
+    // (issue 17) the price book (see the SQLite entry).
+    "CREATE TABLE price_versions (
+        version BIGINT PRIMARY KEY,
+        effective_from BIGINT NOT NULL,
+        content TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+     );
+     ALTER TABLE ledger ADD COLUMN price_version BIGINT;",
 ];
 
 /// The store, on either database.

@@ -16,8 +16,9 @@ use http::{Method, StatusCode};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tollgate::billing::{BillingMonth, Money, RoutePrice, export};
+use tollgate::billing::{RawPriceTier, RawRoutePrice};
 use tollgate::clock::Clock;
-use tollgate::config::{Config, PriceConfig};
+use tollgate::config::Config;
 use tollgate::ids::{AccountId, OrgId, RequestId, UserName};
 use tollgate::journal::{Charge, LedgerEntry, MeteredCall, RecordId};
 use tollgate::org::FeatureSet;
@@ -42,7 +43,7 @@ fn dec(s: &str) -> Decimal {
 }
 
 /// Sets the price of `action` in the shipped config.
-fn price(c: &mut Config, action: &str, p: PriceConfig) {
+fn price(c: &mut Config, action: &str, p: RoutePrice) {
     let route = c
         .services
         .iter_mut()
@@ -52,18 +53,29 @@ fn price(c: &mut Config, action: &str, p: PriceConfig) {
     route.price = p;
 }
 
-fn tiers(first: u64, p1: &str, p2: &str) -> PriceConfig {
-    PriceConfig {
-        per_request_tiers: vec![(Some(first), dec(p1)), (None, dec(p2))],
-        ..PriceConfig::default()
-    }
+fn tiers(first: u64, p1: &str, p2: &str) -> RoutePrice {
+    RoutePrice::parse(&RawRoutePrice {
+        per_request_tiers: Some(vec![
+            RawPriceTier {
+                up_to: Some(first),
+                price: p1,
+            },
+            RawPriceTier {
+                up_to: None,
+                price: p2,
+            },
+        ]),
+        ..RawRoutePrice::default()
+    })
+    .unwrap()
 }
 
-fn per_request(p: &str) -> PriceConfig {
-    PriceConfig {
-        per_request: Some(dec(p)),
-        ..PriceConfig::default()
-    }
+fn per_request(p: &str) -> RoutePrice {
+    RoutePrice::parse(&RawRoutePrice {
+        per_request: Some(p),
+        ..RawRoutePrice::default()
+    })
+    .unwrap()
 }
 
 /// The first whole month after now, so every token issued after the jump is valid.
@@ -157,7 +169,7 @@ pub(crate) async fn bill(account: &Account, month: BillingMonth, query: &str) ->
 }
 
 /// `(unit, quantity, amount)` of an account's request lines of `action` on a bill's JSON
-/// (response bytes of unpriced routes also show, as `GB-out` lines of $0.00).
+/// (GB lines show only for routes with a per-GB price, SPEC M3).
 pub(crate) fn lines(bill: &Value, account: &str, action: &str) -> Vec<(String, String, String)> {
     all_lines(bill, account, action)
         .into_iter()

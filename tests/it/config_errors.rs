@@ -185,3 +185,28 @@ async fn o1_serve_runs_the_shipped_config_and_stops_on_sigterm() {
     .expect("wait");
     assert_eq!(exit.code(), Some(0));
 }
+
+/// Issue 17, "one action, several routes": a bill line is per action, so two routes naming one
+/// action must price it the same; different prices are refused naming both routes.
+#[test]
+fn m3_one_action_on_two_routes_with_different_prices_is_refused_naming_both() {
+    let config = GOOD.replace(
+        "  [[services.routes]]\n  method = \"DELETE\"",
+        "  [[services.routes]]\n  method = \"HEAD\"\n  path = \"/objects/*\"\n  action = \"storage:GetObject\"\n  per_request = \"0.0001\"\n\n  [[services.routes]]\n  method = \"DELETE\"",
+    );
+    assert_ne!(config, GOOD, "the replacement applied");
+    assert_rejected(
+        &config,
+        &[
+            "services[0].routes[3]",
+            "services[0].routes[1]",
+            "storage:GetObject",
+        ],
+    );
+    // The same prices on both routes are fine.
+    let same = GOOD.replace(
+        "  [[services.routes]]\n  method = \"DELETE\"",
+        "  [[services.routes]]\n  method = \"HEAD\"\n  path = \"/objects/*\"\n  action = \"storage:GetObject\"\n  per_request = \"0.0004\"\n  per_gb_out = \"0.09\"\n\n  [[services.routes]]\n  method = \"DELETE\"",
+    );
+    assert!(tollgate::config::Config::parse(&same).is_ok());
+}

@@ -24,6 +24,7 @@ mod openapi;
 mod ops;
 mod org;
 mod policies;
+mod pricebook;
 mod services;
 
 /// O3: the whole behavioural suite again, every gateway on PostgreSQL. Runs this test binary

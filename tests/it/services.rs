@@ -350,10 +350,12 @@ async fn s2_plan_changes_are_recorded_at_their_instant_and_split_the_month() {
     );
 
     // ... and ready to price: business the 10th–19th (10 days), enterprise the 20th–30th (11).
-    let plans =
-        tollgate::services::account_plans(&gw.app.store, &gw.app.config.services, &account, month)
-            .await
-            .unwrap();
+    let prices = crate::support::backend::query(&gw.database(), |c| {
+        tollgate::pricebook::load_history(c).unwrap()
+    });
+    let plans = tollgate::services::account_plans(&gw.app.store, &prices, &account, month)
+        .await
+        .unwrap();
     assert_eq!(plans.len(), 1);
     assert_eq!(plans[0].service, "support");
     let days: Vec<(&str, u32)> = plans[0]

@@ -55,6 +55,8 @@ fn put(account: &str, pool: bool, quantity: u64) -> UsageAggregate {
         bytes_in: 0,
         bytes_out: 0,
         amounts: Amounts::default(),
+        price_version: None,
+        tiered: true,
     }
 }
 
@@ -67,6 +69,7 @@ fn get(account: &str, quantity: u64, bytes_out: u64) -> UsageAggregate {
         action: "storage:GetObject".into(),
         bytes_out,
         amounts,
+        tiered: false,
         ..put(account, true, quantity)
     }
 }
@@ -87,7 +90,13 @@ fn input(usage: Vec<UsageAggregate>) -> BillInput {
             .map(|(a, n)| (id(a), n.to_owned()))
             .collect(),
         usage,
-        prices,
+        prices: PriceHistory::single(
+            crate::billing::PriceBook {
+                routes: prices,
+                plans: BTreeMap::new(),
+            },
+            month("2026-04").start(),
+        ),
         plans: Vec::new(),
         adjustments: Vec::new(),
     }
@@ -175,7 +184,7 @@ fn usage_outside_the_organization_is_tiered_alone() {
 #[test]
 fn aws_reference_example() {
     let mut inp = input(vec![]);
-    inp.prices.insert(
+    inp.prices.insert_route(
         RouteKey::new("transfer", "transfer:Out"),
         tiered(&[(Some(10), "174.08"), (None, "133.12")]),
     );
@@ -604,7 +613,7 @@ fn random_pooled_usage_always_adds_up_to_the_pooled_line() {
         let combined: u64 = usage.iter().map(|u| u.quantity).sum();
         let mut inp = input(usage);
         inp.prices
-            .insert(RouteKey::new("storage", "storage:PutObject"), price.clone());
+            .insert_route(RouteKey::new("storage", "storage:PutObject"), price.clone());
         let bill = bill(&inp);
         let expected = price
             .tier_total(combined)

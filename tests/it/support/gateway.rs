@@ -33,6 +33,7 @@ pub struct Builder {
     tweaks: Vec<Tweak>,
     data_dir: Option<PathBuf>,
     policies_dir: Option<PathBuf>,
+    starts_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl TestGateway {
@@ -43,6 +44,7 @@ impl TestGateway {
             tweaks: Vec::new(),
             data_dir: None,
             policies_dir: None,
+            starts_at: None,
         }
     }
 
@@ -168,6 +170,13 @@ impl Builder {
         self
     }
 
+    /// The clock's time while the gateway starts (what startup records, e.g. a price book
+    /// version, is dated then).
+    pub fn starts_at(mut self, t: chrono::DateTime<chrono::Utc>) -> Self {
+        self.starts_at = Some(t);
+        self
+    }
+
     /// Reuse a data dir (to test restarts); the caller keeps it alive.
     pub fn data_dir(mut self, dir: PathBuf) -> Self {
         self.data_dir = Some(dir);
@@ -204,6 +213,9 @@ impl Builder {
             tweak(&mut config);
         }
         let clock = Arc::new(ManualClock::starting_now());
+        if let Some(t) = self.starts_at {
+            clock.set(t);
+        }
         let app = App::build(config, clock.clone())
             .await
             .expect("gateway starts");
