@@ -39,10 +39,12 @@
 //! [`Journal::mark_final`] goes through the writer, so "final" and "booked" are exactly ordered,
 //! and it refuses to seal a month that gained records after the bill was computed.
 
+mod audit;
 mod checkpoint;
 mod decisions;
 mod entry;
 mod ledger;
+mod marks;
 mod read;
 mod spend;
 mod writer;
@@ -66,6 +68,10 @@ use crate::db::{Conn, Database, DbError};
 use crate::ids::AccountId;
 use crate::metrics::SharedMetrics;
 
+pub use audit::{
+    AcceptError, AcceptedLoss, LedgerAudit, LedgerProblem, accept_truncation, audit_ledger,
+    ledger_head,
+};
 pub use entry::{
     Charge, DecisionEntry, DecisionKind, Entry, LedgerEntry, MeteredCall, RecordId, ReloadEntry,
     ReloadFailure, TransferEntry,
@@ -162,6 +168,17 @@ pub enum JournalError {
     /// A stored value does not parse back: the store was edited or is from another tool.
     #[error("journal store corrupt: {0}")]
     Corrupt(String),
+    /// Records were cut off the end of the ledger: nothing is appended until an operator
+    /// acknowledges the loss.
+    #[error(
+        "the ledger was truncated: it ends at record {ends_at}, but {witness}, so records {} to {witnessed} are missing; nothing is appended until an operator acts: inspect it with `tollgate ledger verify`, restore the store from a backup, or acknowledge the loss with `tollgate ledger accept-truncation --through {ends_at}`",
+        ends_at + 1
+    )]
+    Truncated {
+        ends_at: u64,
+        witnessed: u64,
+        witness: String,
+    },
 }
 
 impl From<DbError> for JournalError {

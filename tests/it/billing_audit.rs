@@ -3,6 +3,11 @@
 //! sealed bills that never depend on another payer's open month, and one tier group per
 //! organization (M3, M6).
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration as StdDuration;
+
 use chrono::{DateTime, TimeZone, Utc};
 use http::StatusCode;
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -10,7 +15,10 @@ use serde_json::Value;
 use tollgate::billing::BillingMonth;
 use tollgate::clock::Clock;
 
-use crate::support::{Account, TestGateway, Upstream};
+use tollgate::params;
+
+use crate::support::backend::TestDb;
+use crate::support::{self, Account, Client, TestGateway, Upstream, binary};
 
 fn future_month(now: DateTime<Utc>) -> BillingMonth {
     let mut month = BillingMonth::containing(now).unwrap();
@@ -137,4 +145,260 @@ async fn s2_the_day_of_a_plan_change_is_billed_for_both_plans() {
         ],
         "{b}"
     );
+}
+
+// === M7: truncation and seal deletion (issue 17 item 6) ===
+
+/// The shipped config on the test's store, with `storage:ListObjects` at $1.00 a call.
+fn write_config(dir: &Path, data_dir: &Path, upstream: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = std::fs::read_to_string(root.join("config/tollgate.toml")).unwrap();
+    assert!(shipped.contains("per_request = \"0.0005\""));
+    let mut config = support::backend::with_store(&shipped, data_dir)
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+        .replace(
+            "dir = \"policies\"",
+            &format!("dir = {:?}", root.join("policies").display().to_string()),
+        )
+        .replace("watch = true", "watch = false")
+        .replacen("per_request = \"0.0005\"", "per_request = \"1.00\"", 1);
+    for port in ["9101", "9102", "9103"] {
+        config = config.replace(
+            &format!("\"http://127.0.0.1:{port}\""),
+            &format!("{upstream:?}"),
+        );
+    }
+    let path = dir.join("tollgate.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn tollgate(args: &[&str], config: &Path) -> (i32, String, String) {
+    let output = Command::new(binary())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run tollgate");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Starts `tollgate serve`: `Ok((child, url))` once it listens, `Err((exit code, stderr))` if
+/// it exits first.
+fn serve(config: &Path) -> Result<(Child, String), (i32, String)> {
+    let mut child = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tollgate");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("tollgate: listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + StdDuration::from_secs(60);
+    loop {
+        if let Ok(url) = rx.recv_timeout(StdDuration::from_millis(100)) {
+            return Ok((child, url));
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+            return Err((status.code().unwrap_or(-1), err));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway neither listened nor exited"
+        );
+    }
+}
+
+fn stop(mut child: Child) {
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+async fn owner_client(url: &str) -> Client {
+    let client = Client::new(url);
+    let r = client
+        .post_json(
+            "/accounts",
+            serde_json::json!({"name": "cut", "email": "c@example.com", "owner_user": "owner",
+                               "owner_password": crate::support::gateway::OWNER_PASSWORD}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let account = r.json()["account_id"].as_str().unwrap().to_owned();
+    let r = client
+        .post_json(
+            "/auth/login",
+            serde_json::json!({"account_id": account, "user": "owner",
+                               "password": crate::support::gateway::OWNER_PASSWORD}),
+        )
+        .await;
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    client.with_token(&token)
+}
+
+fn head_of(config: &Path) -> (u64, String) {
+    let (code, out, err) = tollgate(&["ledger", "head"], config);
+    assert_eq!(code, 0, "{out}{err}");
+    let line = out.trim().to_owned();
+    let (seq, hash) = line.split_once(':').unwrap_or_else(|| panic!("{line}"));
+    assert_eq!(hash.len(), 64, "{line}");
+    (seq.parse().unwrap(), line)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m7_records_cut_off_the_ledger_end_are_reported_and_block_appends_until_accepted() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = write_config(dir.path(), &data, &upstream.url());
+    let (child, url) = serve(&config).expect("the gateway starts");
+    let client = owner_client(&url).await;
+    for _ in 0..4 {
+        let r = client.get("/svc/storage/objects").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    // Every record is committed once its response is read; then the gateway stops.
+    let r = client.get("/svc/storage/objects").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let db = TestDb(support::backend::database(&data));
+    stop(child);
+
+    let (code, out, err) = tollgate(&["ledger", "verify"], &config);
+    assert_eq!(code, 0, "{out}{err}");
+    let (head, kept) = head_of(&config);
+    assert!(head >= 5, "{kept}");
+    // The last three records go, a $1.00 call among them.
+    let last_three: Vec<(String, String)> = db
+        .query_map(
+            "SELECT kind, amount FROM ledger WHERE seq > ?1",
+            params![(head - 3) as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(
+        last_three
+            .iter()
+            .any(|(kind, amount)| kind == "call"
+                && amount.parse::<Decimal>().unwrap() == Decimal::ONE),
+        "a $1.00 call is among the last three: {last_three:?}"
+    );
+    let deleted = db
+        .execute(
+            "DELETE FROM ledger WHERE seq > ?1",
+            params![(head - 3) as i64],
+        )
+        .unwrap();
+    assert_eq!(deleted, 3);
+    let cut = head - 3;
+
+    // verify names what is missing and fails.
+    let (code, out, err) = tollgate(&["ledger", "verify"], &config);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "the ledger ends at record {cut}, but `ledger_spend` counts {head} records: records {} to {head} are missing (3 records)",
+            cut + 1
+        )),
+        "{out}"
+    );
+    assert!(out.contains("records of account"), "{out}");
+    // An auditor who kept the head proves the tail incomplete.
+    let (code, out, _) = tollgate(&["ledger", "verify", "--expect-head", &kept], &config);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("the expected head record {head} is missing")),
+        "{out}"
+    );
+    let (code, _, err) = tollgate(&["ledger", "verify", "--expect-head", "x"], &config);
+    assert_eq!(code, 64, "{err}");
+
+    // The gateway refuses to start appending after the cut, and says what to run.
+    let (code, err) = serve(&config)
+        .map(|(c, _)| stop(c))
+        .expect_err("refuses to start");
+    assert_ne!(code, 0);
+    assert!(err.contains("the ledger was truncated"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "tollgate ledger accept-truncation --through {cut}"
+        )),
+        "{err}"
+    );
+
+    // Accepting needs the real head; then it records who and when.
+    let (code, _, err) = tollgate(
+        &[
+            "ledger",
+            "accept-truncation",
+            "--through",
+            &head.to_string(),
+            "--by",
+            "auditor@example.com",
+        ],
+        &config,
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains(&format!("--through {cut}")), "{err}");
+    let (code, out, err) = tollgate(
+        &[
+            "ledger",
+            "accept-truncation",
+            "--through",
+            &cut.to_string(),
+            "--by",
+            "auditor@example.com",
+        ],
+        &config,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "records {} to {head} are acknowledged lost by auditor@example.com",
+            cut + 1
+        )),
+        "{out}"
+    );
+    let (code, out, err) = tollgate(&["ledger", "verify"], &config);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("note: auditor@example.com acknowledged at"),
+        "{out}"
+    );
+    let (code, _, err) = tollgate(
+        &[
+            "ledger",
+            "accept-truncation",
+            "--through",
+            &cut.to_string(),
+            "--by",
+            "x",
+        ],
+        &config,
+    );
+    assert_eq!(code, 64, "nothing left to accept: {err}");
+
+    // Appends resume after the cut, and the ledger verifies.
+    let (child, url) = serve(&config).expect("the gateway starts after the acceptance");
+    let client = owner_client(&url).await;
+    let r = client.get("/svc/storage/objects").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    stop(child);
+    let (next, _) = head_of(&config);
+    assert!(next > cut);
+    let (code, out, err) = tollgate(&["ledger", "verify"], &config);
+    assert_eq!(code, 0, "{out}{err}");
 }
