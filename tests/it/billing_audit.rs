@@ -402,3 +402,71 @@ async fn m7_records_cut_off_the_ledger_end_are_reported_and_block_appends_until_
     let (code, out, err) = tollgate(&["ledger", "verify"], &config);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m6_m7_a_deleted_final_seal_is_reported_by_ledger_verify() {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::builder(&upstream.url())
+        .tweak(|c| c.policies.watch = false)
+        .start()
+        .await;
+    let month = future_month(gw.clock.now());
+    gw.clock.set(at(month, 5, 9));
+    let solo = gw.account("solo").await;
+    let r = solo.client.get("/svc/storage/objects").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    gw.clock.set(at(month.next().unwrap(), 10, 9));
+    let solo = gw.relogin(&solo).await;
+    let r = solo
+        .client
+        .send(
+            http::Method::POST,
+            &format!("/billing/bills/{month}/finalize"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(bill(&solo, month).await["status"], "FINAL");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &gw.data_dir, &upstream.url());
+    let (code, out, err) = tollgate(&["ledger", "verify"], &config);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 ledger marks checked"), "{out}");
+
+    // Deleting the seal row turns the FINAL bill back into ESTIMATED ...
+    let deleted = TestDb(gw.database())
+        .execute(
+            "DELETE FROM final_months WHERE payer_account_id = ?1",
+            params![solo.id.as_str()],
+        )
+        .unwrap();
+    assert_eq!(deleted, 1);
+    // ... and verify names it.
+    let (code, out, err) = tollgate(&["ledger", "verify"], &config);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "the FINAL seal of the {month} bill of payer {} was deleted from `final_months`",
+            solo.id
+        )),
+        "{out}"
+    );
+    // A seal row written outside tollgate (no mark records it) is named too.
+    TestDb(gw.database())
+        .execute(
+            "INSERT INTO final_months (payer_account_id, month, finalized_at, content_hash, through_seq)
+             VALUES (?1, ?2, 0, 'forged', 1)",
+            params!["111111111111", month.to_string()],
+        )
+        .unwrap();
+    let (code, out, _) = tollgate(&["ledger", "verify"], &config);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "`final_months` seals the {month} bill of payer 111111111111, but no ledger mark records that seal"
+        )),
+        "{out}"
+    );
+}
