@@ -1,7 +1,7 @@
 //! The durable journal: the metering ledger (SPEC M1, M2, M6, M7) and the decision log (D1,
 //! D2, D5), written by one group-commit writer.
 //!
-//! Owns the `ledger`, `ledger_spend`, `final_months` and `decisions` tables (migration 3), the
+//! Owns the `ledger`, `ledger_spend`, `final_months`, `ledger_marks` and `decisions` tables, the
 //! writer that appends to them, and the read side (chain verification, bill usage, month-to-date
 //! spend, decision queries). It must not know HTTP, prices or policies beyond the plain values it
 //! is handed, and it must not be bypassed: nothing writes these tables but the writer.
@@ -31,7 +31,10 @@
 //! Each table is its own hash chain (`crate::chain`): `seq` is the position, and the hash covers
 //! a [`crate::chain::Canonical`] encoding of every other column, so altering any stored value is
 //! detected by [`verify_ledger`] / [`verify_decisions`]. Cutting records off the end leaves a
-//! valid shorter chain: compare with [`Journal::heads`] (or a published head) to catch that.
+//! valid shorter chain: [`audit_ledger`] compares the ledger with the witnesses of its length
+//! (`ledger_spend` counts, FINAL seals, the `ledger_marks` chain; see `marks`), the writer
+//! refuses to open on a truncated ledger until [`accept_truncation`], and a published head
+//! ([`ledger_head`]) catches a consistent cut of everything.
 //!
 //! # Booking (M6)
 //! A ledger record is booked in the month of its event time, unless the payer's bill for that
@@ -79,7 +82,7 @@ pub use entry::{
 pub use read::{
     BillUsage, DEFAULT_LIMIT, DecisionFilter, DecisionRecord, FinalMonth, MAX_LIMIT, Page,
     QueryError, TierError, account_names, decision_by_request_id, final_month, for_each_decision,
-    month_to_date_spend, open_reader, query_decisions, usage_for_bill,
+    month_to_date_spend, open_reader, query_decisions, usage_for_bill, usage_for_bill_through,
 };
 pub use spend::SpendBook;
 

@@ -146,19 +146,32 @@ pub fn usage_for_bill(
     payer: &AccountId,
     month: BillingMonth,
 ) -> Result<BillUsage, JournalError> {
+    usage_for_bill_through(conn, payer, month, None)
+}
+
+/// [`usage_for_bill`] of the ledger as it was through record `through` (`None`: all of it):
+/// how another payer's month looked when a bill that reads it was sealed (M6).
+pub fn usage_for_bill_through(
+    conn: &Conn,
+    payer: &AccountId,
+    month: BillingMonth,
+    through: Option<u64>,
+) -> Result<BillUsage, JournalError> {
     let tx = conn.transaction(Behavior::Snapshot).map_err(unavailable)?;
-    let through_seq: i64 = tx
+    let last: i64 = tx
         .query_row("SELECT COALESCE(MAX(seq), 0) FROM ledger", params![], |r| {
             r.get(0)
         })
         .map_err(unavailable)?;
+    let limit = through.map_or(i64::MAX, |t| i64::try_from(t).unwrap_or(i64::MAX));
+    let through_seq = last.min(limit);
     type Key = (Option<String>, String, bool, String, String);
     let mut groups: BTreeMap<Key, (u64, u64, u64, Amounts)> = BTreeMap::new();
     tx.for_each(
         "SELECT original_month, account_id, org_id IS NOT NULL, service, action,
                 quantity, bytes_in, bytes_out, amount_requests, amount_gb_in, amount_gb_out
-         FROM ledger WHERE payer_account_id = ?1 AND billing_month = ?2",
-        params![payer.as_str(), month.to_string()],
+         FROM ledger WHERE payer_account_id = ?1 AND billing_month = ?2 AND seq <= ?3",
+        params![payer.as_str(), month.to_string(), through_seq],
         |row| {
             let key: Key = (
                 row.get(0).map_err(unavailable)?,

@@ -470,3 +470,101 @@ async fn m6_m7_a_deleted_final_seal_is_reported_by_ledger_verify() {
         "{out}"
     );
 }
+
+// === M6: a sealed bill never depends on another payer's open month ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m6_s2_a_late_record_on_another_payers_open_month_leaves_a_sealed_plan_bill_final() {
+    use tollgate::billing::{Money, RoutePrice};
+    use tollgate::ids::{RequestId, UserName};
+    use tollgate::journal::{Charge, LedgerEntry, MeteredCall, RecordId};
+    use tollgate::org::FeatureSet;
+
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::builder(&upstream.url())
+        .tweak(|c| c.policies.watch = false)
+        .start()
+        .await;
+    let month = future_month(gw.clock.now());
+    gw.clock.set(at(month, 1, 1));
+    let payer = gw.mfa_owner("payer").await;
+    let b = gw.account("acct-b").await;
+    let id = |a: &str| tollgate::ids::AccountId::parse(a).unwrap();
+    gw.app
+        .orgs
+        .create_organization(
+            &id(&payer.id),
+            Some(FeatureSet::ConsolidatedBilling),
+            true,
+            gw.clock.now(),
+        )
+        .await
+        .unwrap();
+    put_plan(&b, "business".into()).await;
+    // B calls on its own bill, then joins the payer's organization on the 10th.
+    let r = b.client.get("/svc/storage/objects").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    gw.clock.set(at(month, 10, 9));
+    let orgs = &gw.app.orgs;
+    let invite = orgs
+        .invite(&id(&payer.id), &id(&b.id), gw.clock.now())
+        .await
+        .unwrap();
+    orgs.accept(&id(&b.id), &invite.id, gw.clock.now())
+        .await
+        .unwrap();
+    let b = gw.relogin(&b).await;
+    let r = b.client.get("/svc/storage/objects").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // The payer seals its bill, with B's plan line on it.
+    gw.clock.set(at(month.next().unwrap(), 10, 9));
+    let payer = gw.mfa_login(&payer).await;
+    let r = payer
+        .client
+        .send(
+            http::Method::POST,
+            &format!("/billing/bills/{month}/finalize"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let sealed = r.json();
+    assert_eq!(plan_lines(&sealed, &b.id).len(), 1, "{sealed}");
+
+    // A late record of B's standalone days lands on B's own month, which is still open.
+    let late = LedgerEntry {
+        record_id: RecordId::generate(),
+        event_time: at(month, 5, 12),
+        call: MeteredCall {
+            request_id: RequestId::generate(),
+            account_id: id(&b.id),
+            payer_account_id: id(&b.id),
+            org_id: None,
+            user_name: UserName::parse(&b.owner).unwrap(),
+            service: "storage".into(),
+            action: "storage:ListObjects".into(),
+            method: "GET".into(),
+            status: 200,
+        },
+        bytes_in: 0,
+        bytes_out: 0,
+        charge: Charge::at_price(
+            &RoutePrice::flat(Money::parse("5000.00").unwrap(), Money::ZERO, Money::ZERO),
+            1,
+            0,
+            0,
+        )
+        .unwrap(),
+    };
+    gw.app.journal.append(late).await.expect("append");
+
+    // The sealed bill still reads, unchanged.
+    let r = payer.client.get(&format!("/billing/bills/{month}")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let after = r.json();
+    assert_eq!(after["status"], "FINAL");
+    assert_eq!(after["content_hash"], sealed["content_hash"]);
+    assert_eq!(after["accounts"], sealed["accounts"]);
+}
