@@ -165,10 +165,11 @@ pub fn usage_for_bill_through(
         .map_err(unavailable)?;
     let limit = through.map_or(i64::MAX, |t| i64::try_from(t).unwrap_or(i64::MAX));
     let through_seq = last.min(limit);
-    type Key = (Option<String>, String, bool, String, String);
+    // (original month, account, organization whose tier pool it counts toward, service, action)
+    type Key = (Option<String>, String, Option<String>, String, String);
     let mut groups: BTreeMap<Key, (u64, u64, u64, Amounts)> = BTreeMap::new();
     tx.for_each(
-        "SELECT original_month, account_id, org_id IS NOT NULL, service, action,
+        "SELECT original_month, account_id, org_id, service, action,
                 quantity, bytes_in, bytes_out, amount_requests, amount_gb_in, amount_gb_out
          FROM ledger WHERE payer_account_id = ?1 AND billing_month = ?2 AND seq <= ?3",
         params![payer.as_str(), month.to_string(), through_seq],
@@ -207,15 +208,22 @@ pub fn usage_for_bill_through(
     )?;
     let mut usage = Vec::new();
     let mut adjustments = Vec::new();
-    let mut bases: BTreeMap<(String, String, String, Option<String>), u64> = BTreeMap::new();
-    for ((original, account, pooled, service, action), (quantity, bytes_in, bytes_out, amounts)) in
+    type BaseKey = (String, String, String, Option<String>, Option<String>);
+    let mut bases: BTreeMap<BaseKey, u64> = BTreeMap::new();
+    for ((original, account, org, service, action), (quantity, bytes_in, bytes_out, amounts)) in
         groups
     {
         let account_id = AccountId::parse(&account).map_err(|e| corrupt(e.to_string()))?;
+        let pooled = org.is_some();
+        let tier_org = org
+            .as_deref()
+            .map(|o| OrgId::parse(o).map_err(|e| corrupt(format!("ledger org `{o}`: {e}"))))
+            .transpose()?;
         let aggregate = UsageAggregate {
             account_id,
             billed_to: payer.clone(),
             in_org_tier_pool: pooled,
+            tier_org,
             service,
             action,
             quantity,
@@ -234,11 +242,12 @@ pub fn usage_for_bill_through(
                     aggregate.service.clone(),
                     aggregate.action.clone(),
                     pool.clone(),
+                    org.clone(),
                 );
                 let base = match bases.get(&key) {
                     Some(b) => *b,
                     None => {
-                        let b = tier_base(&tx, payer, &aggregate, &original, month, pool)?;
+                        let b = tier_base(&tx, payer, &aggregate, &original, month, pool, org)?;
                         bases.insert(key, b);
                         b
                     }
@@ -267,6 +276,7 @@ fn tier_base(
     original: &str,
     billed_in: BillingMonth,
     pool_account: Option<String>,
+    pool_org: Option<String>,
 ) -> Result<u64, JournalError> {
     let n: i64 = conn
         .query_row(
@@ -274,7 +284,7 @@ fn tier_base(
              WHERE payer_account_id = ?1 AND service = ?2 AND action = ?3
                AND ((billing_month = ?4 AND original_month IS NULL)
                     OR (original_month = ?4 AND billing_month < ?5))
-               AND CASE WHEN CAST(?6 AS TEXT) IS NULL THEN org_id IS NOT NULL
+               AND CASE WHEN CAST(?6 AS TEXT) IS NULL THEN org_id = ?7
                         ELSE org_id IS NULL AND account_id = ?6 END",
             params![
                 payer.as_str(),
@@ -282,7 +292,8 @@ fn tier_base(
                 usage.action,
                 original,
                 billed_in.to_string(),
-                pool_account
+                pool_account,
+                pool_org
             ],
             |r| r.get(0),
         )

@@ -568,3 +568,111 @@ async fn m6_s2_a_late_record_on_another_payers_open_month_leaves_a_sealed_plan_b
     assert_eq!(after["content_hash"], sealed["content_hash"]);
     assert_eq!(after["accounts"], sealed["accounts"]);
 }
+
+// === M3: one tier group per organization ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m3_a_payer_with_two_organizations_in_one_month_has_two_tier_groups() {
+    use tollgate::config::PriceConfig;
+    use tollgate::org::FeatureSet;
+
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::builder(&upstream.url())
+        .tweak(|c| {
+            c.policies.watch = false;
+            let route = c
+                .services
+                .iter_mut()
+                .flat_map(|s| s.routes.iter_mut())
+                .find(|r| r.action == "storage:PutObject")
+                .unwrap();
+            route.price = PriceConfig {
+                per_request_tiers: vec![
+                    (Some(10), "1.00".parse().unwrap()),
+                    (None, "0.50".parse().unwrap()),
+                ],
+                ..PriceConfig::default()
+            };
+        })
+        .start()
+        .await;
+    let month = future_month(gw.clock.now());
+    gw.clock.set(at(month, 1, 1));
+    let payer = gw.mfa_owner("payer").await;
+    let a = gw.account("acct-a").await;
+    let b = gw.account("acct-b").await;
+    let id = |a: &str| tollgate::ids::AccountId::parse(a).unwrap();
+    let orgs = &gw.app.orgs;
+    let (gw, payer_id) = (&gw, id(&payer.id));
+    let join = |member: String| {
+        let payer_id = payer_id.clone();
+        async move {
+            let invite = orgs
+                .invite(&payer_id, &id(&member), gw.clock.now())
+                .await
+                .unwrap();
+            orgs.accept(&id(&member), &invite.id, gw.clock.now())
+                .await
+                .unwrap();
+        }
+    };
+    let put = |account: Account| async move {
+        for _ in 0..8 {
+            let r = account
+                .client
+                .send(http::Method::PUT, "/svc/storage/objects/k", &[], "")
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        }
+    };
+
+    // The first organization: A makes 8 requests in it, then leaves; it is deleted.
+    orgs.create_organization(
+        &id(&payer.id),
+        Some(FeatureSet::ConsolidatedBilling),
+        true,
+        gw.clock.now(),
+    )
+    .await
+    .unwrap();
+    join(a.id.clone()).await;
+    put(gw.relogin(&a).await).await;
+    gw.clock.set(at(month, 5, 9));
+    orgs.remove_account(&id(&payer.id), &id(&a.id), gw.clock.now())
+        .await
+        .unwrap();
+    orgs.delete_organization(&id(&payer.id), gw.clock.now())
+        .await
+        .unwrap();
+    // The second: B makes 8 requests in it.
+    gw.clock.set(at(month, 6, 9));
+    orgs.create_organization(
+        &id(&payer.id),
+        Some(FeatureSet::ConsolidatedBilling),
+        true,
+        gw.clock.now(),
+    )
+    .await
+    .unwrap();
+    join(b.id.clone()).await;
+    put(gw.relogin(&b).await).await;
+
+    // Each organization's 8 requests are under its first tier: $8.00 each, not one pool of
+    // 16 ($10.00 + $3.00 = $13.00 shared out).
+    gw.clock.set(at(month.next().unwrap(), 2, 9));
+    let payer = gw.mfa_login(&payer).await;
+    let consolidated = bill(&payer, month).await;
+    let amount = |account: &str| -> Vec<String> {
+        consolidated["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["account_id"] == account)
+            .flat_map(|x| x["lines"].as_array().unwrap().iter())
+            .filter(|l| l["action"] == "storage:PutObject" && l["unit"] == "requests")
+            .map(|l| l["amount"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(amount(&a.id), vec!["8.00"], "{consolidated}");
+    assert_eq!(amount(&b.id), vec!["8.00"], "{consolidated}");
+}
