@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::ids::AccountId;
 use crate::journal::{
     FinalMonth, FinalizeError, Journal, JournalError, account_names, final_month, open_reader,
-    usage_for_bill,
+    usage_for_bill_through,
 };
 use crate::org::{MembershipRole, MembershipScope, OrgError, OrgService};
 use crate::pricebook::{PriceBookStoreError, load_history};
@@ -153,7 +153,11 @@ impl<'a> Bills<'a> {
         } else {
             BillStatus::Estimated
         };
-        let (bill, through_seq) = self.compute(payer, month, now, status, true).await?;
+        // A sealed bill is read as of its seal: records after it never reach it (M6).
+        let through = seal.as_ref().map(|s| s.through_seq);
+        let (bill, through_seq) = self
+            .compute(payer, month, now, status, true, through)
+            .await?;
         if let Some(seal) = &seal {
             let computed = bill.content_hash_hex();
             if computed != seal.content_hash {
@@ -260,7 +264,7 @@ impl<'a> Bills<'a> {
         }
         for _ in 0..FINALIZE_ATTEMPTS {
             let (bill, through_seq) = self
-                .compute(account, month, now, BillStatus::Final, true)
+                .compute(account, month, now, BillStatus::Final, true, None)
                 .await?;
             let hash = bill.content_hash_hex();
             match journal.mark_final(account, month, &hash, through_seq).await {
@@ -309,6 +313,10 @@ impl<'a> Bills<'a> {
 
     /// Computes the payer's bill; plans only when `with_plans` (another payer's bill is read
     /// without them to find an account's charges elsewhere, which never include plans).
+    /// `through` limits the ledger to its records up to that one (`None`: all of them); the
+    /// charges elsewhere that plan lines read are limited to the same record, so a bill sealed
+    /// through record N reads other payers' months as they were at N, whatever is booked on
+    /// them later (M6: a FINAL bill never depends on another payer's open month).
     async fn compute(
         &self,
         payer: &AccountId,
@@ -316,10 +324,12 @@ impl<'a> Bills<'a> {
         now: DateTime<Utc>,
         status: BillStatus,
         with_plans: bool,
+        through: Option<u64>,
     ) -> Result<(Bill, u64), BillsError> {
         let usage = {
             let payer = payer.clone();
-            self.read(move |c| usage_for_bill(c, &payer, month)).await?
+            self.read(move |c| usage_for_bill_through(c, &payer, month, through))
+                .await?
         };
         // The price book, not the config: a bill is a function of the store alone (issue 17).
         let prices = self.prices().await?;
@@ -342,7 +352,8 @@ impl<'a> Bills<'a> {
                     continue;
                 }
                 let elsewhere =
-                    Box::pin(self.charges_elsewhere(account, payer, month, now)).await?;
+                    Box::pin(self.charges_elsewhere(account, payer, month, now, usage.through_seq))
+                        .await?;
                 for p in &mut own {
                     p.other_charges_elsewhere = elsewhere;
                 }
@@ -362,13 +373,15 @@ impl<'a> Bills<'a> {
         Ok((crate::billing::compute_bill(&input)?, usage.through_seq))
     }
 
-    /// The account's usage charges of `month` on the bills of payers other than `payer`.
+    /// The account's usage charges of `month` on the bills of payers other than `payer`, from
+    /// the ledger's records up to `through`.
     async fn charges_elsewhere(
         &self,
         account: &AccountId,
         payer: &AccountId,
         month: BillingMonth,
         now: DateTime<Utc>,
+        through: u64,
     ) -> Result<Money, BillsError> {
         let others = {
             let a = account.clone();
@@ -377,7 +390,14 @@ impl<'a> Bills<'a> {
         let mut sum = Money::ZERO;
         for other in others.iter().filter(|o| *o != payer) {
             let (bill, _) = self
-                .compute(other, month, now, BillStatus::Estimated, false)
+                .compute(
+                    other,
+                    month,
+                    now,
+                    BillStatus::Estimated,
+                    false,
+                    Some(through),
+                )
                 .await?;
             if let Some(on_it) = bill.account(account) {
                 for line in &on_it.lines {

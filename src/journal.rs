@@ -1,7 +1,7 @@
 //! The durable journal: the metering ledger (SPEC M1, M2, M6, M7) and the decision log (D1,
 //! D2, D5), written by one group-commit writer.
 //!
-//! Owns the `ledger`, `ledger_spend`, `final_months` and `decisions` tables (migration 3), the
+//! Owns the `ledger`, `ledger_spend`, `final_months`, `ledger_marks` and `decisions` tables, the
 //! writer that appends to them, and the read side (chain verification, bill usage, month-to-date
 //! spend, decision queries). It must not know HTTP, prices or policies beyond the plain values it
 //! is handed, and it must not be bypassed: nothing writes these tables but the writer.
@@ -51,7 +51,10 @@
 //! Each table is its own hash chain (`crate::chain`): `seq` is the position, and the hash covers
 //! a [`crate::chain::Canonical`] encoding of every other column, so altering any stored value is
 //! detected by [`verify_ledger`] / [`verify_decisions`]. Cutting records off the end leaves a
-//! valid shorter chain: compare with [`Journal::heads`] (or a published head) to catch that.
+//! valid shorter chain: [`audit_ledger`] compares the ledger with the witnesses of its length
+//! (`ledger_spend` counts, FINAL seals, the `ledger_marks` chain; see `marks`), the writer
+//! refuses to open on a truncated ledger until [`accept_truncation`], and a published head
+//! ([`ledger_head`]) catches a consistent cut of everything.
 //!
 //! # Booking (M6)
 //! A ledger record is booked in the month of its event time, unless the payer's bill for that
@@ -59,10 +62,12 @@
 //! [`Journal::mark_final`] goes through the writer, so "final" and "booked" are exactly ordered,
 //! and it refuses to seal a month that gained records after the bill was computed.
 
+mod audit;
 mod checkpoint;
 mod decisions;
 mod entry;
 mod ledger;
+mod marks;
 mod read;
 mod spend;
 mod writer;
@@ -89,6 +94,10 @@ use crate::db::{Conn, Database, DbError};
 use crate::ids::AccountId;
 use crate::metrics::SharedMetrics;
 
+pub use audit::{
+    AcceptError, AcceptedLoss, LedgerAudit, LedgerProblem, accept_truncation, audit_ledger,
+    ledger_head,
+};
 pub use entry::{
     Charge, DecisionEntry, DecisionKind, Entry, LedgerEntry, MeteredCall, RecordId, ReloadEntry,
     ReloadFailure, TransferEntry,
@@ -96,7 +105,7 @@ pub use entry::{
 pub use read::{
     BillUsage, DEFAULT_LIMIT, DecisionFilter, DecisionRecord, FinalMonth, MAX_LIMIT, Page,
     QueryError, TierError, account_names, decision_by_request_id, final_month, for_each_decision,
-    month_to_date_spend, open_reader, query_decisions, usage_for_bill,
+    month_to_date_spend, open_reader, query_decisions, usage_for_bill, usage_for_bill_through,
 };
 pub use spend::SpendBook;
 
@@ -198,6 +207,17 @@ pub enum JournalError {
     /// A stored value does not parse back: the store was edited or is from another tool.
     #[error("journal store corrupt: {0}")]
     Corrupt(String),
+    /// Records were cut off the end of the ledger: nothing is appended until an operator
+    /// acknowledges the loss.
+    #[error(
+        "the ledger was truncated: it ends at record {ends_at}, but {witness}, so records {} to {witnessed} are missing; nothing is appended until an operator acts: inspect it with `tollgate ledger verify`, restore the store from a backup, or acknowledge the loss with `tollgate ledger accept-truncation --through {ends_at}`",
+        ends_at + 1
+    )]
+    Truncated {
+        ends_at: u64,
+        witnessed: u64,
+        witness: String,
+    },
 }
 
 impl From<DbError> for JournalError {

@@ -5,7 +5,7 @@
 //! Owns the link between config (which services need a sign-up, which plans they offer) and the
 //! stored periods. It must not know HTTP, and it does no money arithmetic: `billing::plan` does.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 
 use crate::billing::{
     AccountPlans, BillingMonth, Money, Plan, PlanPeriod, PriceHistory, RawPercentTier, RawPlan,
@@ -115,19 +115,28 @@ pub async fn plan_periods(
 }
 
 /// The account's plans of `month` as the bill takes them: one [`AccountPlans`] per service,
-/// each period with the plan's terms from the price book version in force when the period
-/// began within the month (an edit of a plan's terms applies from the next month or the next
-/// plan change, never to a period already running; issue 17), and its active days ([`BillingMonth::active_days`]: a day counts for the plan
-/// active at its start or chosen during it). `other_charges_elsewhere` is left at zero: only
-/// the bill knows the account's charges on other payers' bills.
+/// one [`PlanPeriod`] per plan, whose active days are the UTC days on which that plan was active
+/// at some instant ([`BillingMonth::active_dates`], SPEC S2): a plan chosen and ended on the same
+/// day counts that day, the day of a change counts for both plans, and a plan chosen several
+/// times in one day counts the day once. Each plan has its terms from the price book version in
+/// force when its first period began within the month (an edit of a plan's terms applies from
+/// the next month or the next plan change, never to a period already running; issue 17).
+/// `other_charges_elsewhere` is left at zero: only the bill knows the account's charges on other
+/// payers' bills.
 pub async fn account_plans(
     store: &dyn ServiceStore,
     prices: &PriceHistory,
     account: &AccountId,
     month: BillingMonth,
 ) -> Result<Vec<AccountPlans>, ServicesError> {
-    let mut out: Vec<AccountPlans> = Vec::new();
+    // Per service (in order), per plan (in order of first use): the plan and its days as a
+    // bit set of day-of-month indexes (a month has at most 31 days).
+    let mut days: Vec<(String, Vec<(Plan, u32)>)> = Vec::new();
     for period in plan_periods(store, account, month).await? {
+        let until = (period.until < month.end()).then_some(period.until);
+        let Some((first, last)) = month.active_dates(period.from, until) else {
+            continue;
+        };
         let plan = prices
             .plan_at(&period.service, &period.plan, period.from)
             .cloned()
@@ -137,23 +146,42 @@ pub async fn account_plans(
                 plan: period.plan.clone(),
                 month,
             })?;
-        let until = (period.until < month.end()).then_some(period.until);
-        let active_days = month.active_days(period.from, until);
-        if active_days == 0 {
-            continue;
-        }
         // Periods come by service, so a service's entry is the last one or a new one.
-        if out.last().is_none_or(|a| a.service != period.service) {
-            out.push(AccountPlans {
-                account_id: account.clone(),
-                service: period.service.clone(),
-                periods: Vec::new(),
-                other_charges_elsewhere: Money::ZERO,
-            });
+        if days
+            .last()
+            .is_none_or(|(service, _)| *service != period.service)
+        {
+            days.push((period.service.clone(), Vec::new()));
         }
-        if let Some(entry) = out.last_mut() {
-            entry.periods.push(PlanPeriod { plan, active_days });
+        let Some((_, plans)) = days.last_mut() else {
+            continue;
+        };
+        let bits = day_bits(first.day0(), last.day0());
+        match plans.iter_mut().find(|(p, _)| p.name() == plan.name()) {
+            Some((_, set)) => *set |= bits,
+            None => plans.push((plan, bits)),
         }
     }
-    Ok(out)
+    Ok(days
+        .into_iter()
+        .map(|(service, plans)| AccountPlans {
+            account_id: account.clone(),
+            service,
+            periods: plans
+                .into_iter()
+                .map(|(plan, set)| PlanPeriod {
+                    plan,
+                    active_days: set.count_ones(),
+                })
+                .collect(),
+            other_charges_elsewhere: Money::ZERO,
+        })
+        .collect())
+}
+
+/// Bits `first..=last` (day-of-month indexes from 0, at most 30).
+fn day_bits(first: u32, last: u32) -> u32 {
+    (first.min(31)..=last.min(31))
+        .filter(|d| *d < 32)
+        .fold(0u32, |acc, d| acc | (1u32 << d))
 }

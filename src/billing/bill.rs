@@ -48,7 +48,7 @@ use super::plan::{PlanError, PlanPeriod, exact_charge_for_periods};
 use super::price::{Amounts, BYTES_PER_GB, RoutePrice};
 use super::pricebook::{PriceHistory, PriceVersionId};
 use crate::chain::{Canonical, Hash};
-use crate::ids::AccountId;
+use crate::ids::{AccountId, OrgId};
 
 /// All amounts are US dollars.
 pub const CURRENCY: &str = "USD";
@@ -93,6 +93,10 @@ pub struct UsageAggregate {
     /// The usage was made while a member of the payer's organization, so it counts toward the
     /// organization's combined tier quantity.
     pub in_org_tier_pool: bool,
+    /// The organization whose tier pool the usage counts toward (with `in_org_tier_pool`): a
+    /// payer that deleted its organization and created another in the same month has one tier
+    /// group per organization, never one for both.
+    pub tier_org: Option<OrgId>,
     pub service: String,
     pub action: String,
     /// Requests.
@@ -402,7 +406,7 @@ struct LineAcc {
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum TierPool {
-    Organization,
+    Organization(Option<OrgId>),
     Account(AccountId),
 }
 
@@ -536,7 +540,7 @@ impl<'a> Builder<'a> {
 
         if let Some(epoch) = tiered_epoch {
             let pool = if usage.in_org_tier_pool {
-                TierPool::Organization
+                TierPool::Organization(usage.tier_org.clone())
             } else {
                 TierPool::Account(usage.account_id.clone())
             };

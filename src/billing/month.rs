@@ -109,17 +109,35 @@ impl BillingMonth {
         Self::new(before.year(), before.month()).ok()
     }
 
-    /// Days of this month on which something active from `from` (inclusive) until `until`
-    /// (exclusive; `None` = still active) was active, counting a day as soon as any part of it
-    /// is covered: a plan chosen on the 10th at 15:00 counts from the 10th; a plan replaced on
-    /// the 20th counts up to the 19th (the 20th belongs to its successor).
-    pub fn active_days(&self, from: DateTime<Utc>, until: Option<DateTime<Utc>>) -> u32 {
+    /// The first and last date of this month on which something active from `from`
+    /// (inclusive) until `until` (exclusive; `None` = still active) was active at some instant
+    /// (SPEC S2): a plan chosen on the 10th at 15:00 counts from the 10th; a plan replaced on
+    /// the 20th at 09:00 counts up to the 20th (which its successor counts too); a plan chosen
+    /// and ended on the same day counts that day. An empty interval (`until <= from`) was never
+    /// active. `None` when no day of this month is covered.
+    pub fn active_dates(
+        &self,
+        from: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
+    ) -> Option<(NaiveDate, NaiveDate)> {
+        let last_day = self.first_day_after().pred_opt()?;
+        let last = match until {
+            None => last_day,
+            Some(u) if u <= from => return None,
+            // The last instant before `until` decides its day: an end at midnight does not
+            // count the day it starts.
+            Some(u) => (u - chrono::Duration::milliseconds(1)).date_naive(),
+        };
         let first = from.date_naive().max(self.first_day);
-        let end = until
-            .map(|u| u.date_naive())
-            .unwrap_or_else(|| self.first_day_after())
-            .min(self.first_day_after());
-        u32::try_from((end - first).num_days()).unwrap_or(0)
+        let last = last.min(last_day);
+        (first <= last).then_some((first, last))
+    }
+
+    /// The number of days of [`BillingMonth::active_dates`].
+    pub fn active_days(&self, from: DateTime<Utc>, until: Option<DateTime<Utc>>) -> u32 {
+        self.active_dates(from, until).map_or(0, |(first, last)| {
+            u32::try_from((last - first).num_days() + 1).unwrap_or(0)
+        })
     }
 
     fn first_day_after(&self) -> NaiveDate {
@@ -225,17 +243,32 @@ mod tests {
     }
 
     #[test]
-    fn active_days_count_partial_days_and_clamp_to_the_month() {
+    fn s2_active_days_count_every_day_touched_and_clamp_to_the_month() {
         let m = month("2026-04"); // 30 days
         assert_eq!(m.active_days(at(2026, 4, 10, 15), None), 21);
+        // Replaced on the 20th at 09:00: the 20th counts for both plans.
         assert_eq!(
             m.active_days(at(2026, 4, 10, 15), Some(at(2026, 4, 20, 9))),
-            10
+            11
         );
         assert_eq!(m.active_days(at(2026, 4, 20, 9), None), 11);
+        // Chosen and ended on the same day: that day counts.
+        assert_eq!(
+            m.active_days(at(2026, 4, 5, 9), Some(at(2026, 4, 5, 17))),
+            1
+        );
+        // Never active.
+        assert_eq!(m.active_days(at(2026, 4, 5, 9), Some(at(2026, 4, 5, 9))), 0);
+        // Ended at midnight: the day it ends on is not touched.
+        assert_eq!(m.active_days(at(2026, 4, 5, 9), Some(at(2026, 4, 7, 0))), 2);
         assert_eq!(m.active_days(at(2025, 1, 1, 0), None), 30);
         assert_eq!(m.active_days(at(2025, 1, 1, 0), Some(at(2026, 4, 1, 0))), 0);
         assert_eq!(m.active_days(at(2026, 5, 2, 0), None), 0);
         assert_eq!(m.active_days(at(2026, 3, 2, 0), Some(at(2026, 4, 3, 0))), 2);
+        assert_eq!(m.active_days(at(2026, 3, 2, 0), Some(at(2026, 4, 3, 1))), 3);
+        assert_eq!(
+            m.active_dates(at(2026, 4, 5, 9), Some(at(2026, 4, 5, 17))),
+            NaiveDate::from_ymd_opt(2026, 4, 5).map(|d| (d, d))
+        );
     }
 }

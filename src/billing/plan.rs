@@ -7,9 +7,10 @@
 //! The rule for a month with several plan periods (a mid-month start, a change of plan, a
 //! cancellation): each period is charged `monthly_charge(plan, other) * days / days_in_month`,
 //! where `other` is the account's other charges for the **whole** month (not just the period's
-//! days) and `days` the days the plan was active in that period; the exact amounts are added
-//! and rounded half away from zero to cents once, at the end. On a bill each plan is one line,
-//! so the periods of the same plan are added before that single rounding.
+//! days) and `days` the UTC days on which the plan was active at some instant (SPEC S2: the day
+//! of a change counts for both plans); the exact amounts are added and rounded half away from
+//! zero to cents once, at the end. On a bill each plan is one line, so the periods of the same
+//! plan are added before that single rounding; a plan counts each day at most once.
 
 use rust_decimal::Decimal;
 
@@ -222,20 +223,27 @@ pub fn prorated(charge: Money, active_days: u32, days_in_month: u32) -> Result<M
 }
 
 /// The exact, unrounded charge of some periods: the sum of each period's prorated monthly
-/// charge on the month's `other_charges`. Fails if the periods cover more days than the month.
+/// charge on the month's `other_charges`.
+///
+/// A UTC day on which two plans were active counts for both (SPEC S2), so the periods of
+/// different plans may add up to more days than the month; a plan counts each day once, so the
+/// periods of one plan (by name) must not: that is refused with [`PlanError::Days`], as is any
+/// period longer than the month.
 pub fn exact_charge_for_periods(
     periods: &[PlanPeriod],
     other_charges: Money,
     days_in_month: u32,
 ) -> Result<Money, PlanError> {
-    let days: u32 = periods
-        .iter()
-        .fold(0u32, |acc, p| acc.saturating_add(p.active_days));
-    if days > days_in_month {
-        return Err(PlanError::Days {
-            active_days: days,
-            days_in_month,
-        });
+    let mut per_plan: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
+    for period in periods {
+        let days = per_plan.entry(period.plan.name()).or_default();
+        *days = days.saturating_add(period.active_days);
+        if *days > days_in_month {
+            return Err(PlanError::Days {
+                active_days: *days,
+                days_in_month,
+            });
+        }
     }
     let mut total = Money::ZERO;
     for period in periods {
@@ -358,9 +366,22 @@ mod tests {
             Ok(m("134.67"))
         );
         assert_eq!(charge_for_periods(&periods, m("2000"), 30), Ok(m("134.67")));
-        let too_many = [
+        // The day of a change counts for both plans: 20 + 11 days in a 30-day month is fine.
+        let change_day = [
             PlanPeriod {
                 plan: developer(),
+                active_days: 20,
+            },
+            PlanPeriod {
+                plan: business(),
+                active_days: 11,
+            },
+        ];
+        assert!(charge_for_periods(&change_day, m("2000"), 30).is_ok());
+        // One plan counts a day once: more days than the month is refused.
+        let too_many = [
+            PlanPeriod {
+                plan: business(),
                 active_days: 20,
             },
             PlanPeriod {

@@ -149,18 +149,32 @@ pub fn usage_for_bill(
     payer: &AccountId,
     month: BillingMonth,
 ) -> Result<BillUsage, JournalError> {
+    usage_for_bill_through(conn, payer, month, None)
+}
+
+/// [`usage_for_bill`] of the ledger as it was through record `through` (`None`: all of it):
+/// how another payer's month looked when a bill that reads it was sealed (M6).
+pub fn usage_for_bill_through(
+    conn: &Conn,
+    payer: &AccountId,
+    month: BillingMonth,
+    through: Option<u64>,
+) -> Result<BillUsage, JournalError> {
     let tx = conn.transaction(Behavior::Snapshot).map_err(unavailable)?;
-    let through_seq: i64 = tx
+    let last: i64 = tx
         .query_row("SELECT COALESCE(MAX(seq), 0) FROM ledger", params![], |r| {
             r.get(0)
         })
         .map_err(unavailable)?;
-    // Grouped by the price version and tiering the records were made under too: the bill
-    // prices each group with its own version (issue 17).
+    let limit = through.map_or(i64::MAX, |t| i64::try_from(t).unwrap_or(i64::MAX));
+    let through_seq = last.min(limit);
+    // (original month, account, organization whose tier pool it counts toward, service, action,
+    // price version, tiered): the bill prices each group with the version its records were made
+    // under (issue 17), and pools tiers per organization named on the records.
     type Key = (
         Option<String>,
         String,
-        bool,
+        Option<String>,
         String,
         String,
         Option<i64>,
@@ -168,11 +182,11 @@ pub fn usage_for_bill(
     );
     let mut groups: BTreeMap<Key, (u64, u64, u64, Amounts)> = BTreeMap::new();
     tx.for_each(
-        "SELECT original_month, account_id, org_id IS NOT NULL, service, action,
+        "SELECT original_month, account_id, org_id, service, action,
                 quantity, bytes_in, bytes_out, amount_requests, amount_gb_in, amount_gb_out,
                 price_version, tiered
-         FROM ledger WHERE payer_account_id = ?1 AND billing_month = ?2",
-        params![payer.as_str(), month.to_string()],
+         FROM ledger WHERE payer_account_id = ?1 AND billing_month = ?2 AND seq <= ?3",
+        params![payer.as_str(), month.to_string(), through_seq],
         |row| {
             let key: Key = (
                 row.get(0).map_err(unavailable)?,
@@ -210,13 +224,19 @@ pub fn usage_for_bill(
     )?;
     let mut usage = Vec::new();
     let mut adjustments = Vec::new();
-    let mut bases: BTreeMap<(String, String, String, Option<String>), u64> = BTreeMap::new();
+    type BaseKey = (String, String, String, Option<String>, Option<String>);
+    let mut bases: BTreeMap<BaseKey, u64> = BTreeMap::new();
     for (
-        (original, account, pooled, service, action, price_version, tiered),
+        (original, account, org, service, action, price_version, tiered),
         (quantity, bytes_in, bytes_out, amounts),
     ) in groups
     {
         let account_id = AccountId::parse(&account).map_err(|e| corrupt(e.to_string()))?;
+        let pooled = org.is_some();
+        let tier_org = org
+            .as_deref()
+            .map(|o| OrgId::parse(o).map_err(|e| corrupt(format!("ledger org `{o}`: {e}"))))
+            .transpose()?;
         let price_version = match price_version {
             None => None,
             Some(v) => Some(
@@ -230,6 +250,7 @@ pub fn usage_for_bill(
             account_id,
             billed_to: payer.clone(),
             in_org_tier_pool: pooled,
+            tier_org,
             service,
             action,
             quantity,
@@ -250,6 +271,7 @@ pub fn usage_for_bill(
                     aggregate.service.clone(),
                     aggregate.action.clone(),
                     pool.clone(),
+                    org.clone(),
                 );
                 let base = if !tiered {
                     0
@@ -257,7 +279,8 @@ pub fn usage_for_bill(
                     match bases.get(&key) {
                         Some(b) => *b,
                         None => {
-                            let b = tier_base(&tx, payer, &aggregate, &original, month, pool)?;
+                            let b =
+                                tier_base(&tx, payer, &aggregate, &original, month, pool, org)?;
                             bases.insert(key, b);
                             b
                         }
@@ -287,6 +310,7 @@ fn tier_base(
     original: &str,
     billed_in: BillingMonth,
     pool_account: Option<String>,
+    pool_org: Option<String>,
 ) -> Result<u64, JournalError> {
     let n: i64 = conn
         .query_row(
@@ -294,7 +318,7 @@ fn tier_base(
              WHERE payer_account_id = ?1 AND service = ?2 AND action = ?3 AND tiered <> 0
                AND ((billing_month = ?4 AND original_month IS NULL)
                     OR (original_month = ?4 AND billing_month < ?5))
-               AND CASE WHEN CAST(?6 AS TEXT) IS NULL THEN org_id IS NOT NULL
+               AND CASE WHEN CAST(?6 AS TEXT) IS NULL THEN org_id = ?7
                         ELSE org_id IS NULL AND account_id = ?6 END",
             params![
                 payer.as_str(),
@@ -302,7 +326,8 @@ fn tier_base(
                 usage.action,
                 original,
                 billed_in.to_string(),
-                pool_account
+                pool_account,
+                pool_org
             ],
             |r| r.get(0),
         )

@@ -30,7 +30,7 @@ use super::entry::Pending;
 use super::read::FinalMonth;
 use super::{
     ChainPosition, Dependency, FinalizeError, JournalError, JournalHeads, JournalOptions, Receipt,
-    Shared, decisions, ledger,
+    Shared, decisions, ledger, marks,
 };
 use crate::billing::{BillingMonth, Money};
 use crate::chain;
@@ -131,6 +131,7 @@ impl WriterState {
             }
         }
         let ledger = ledger::head(&conn)?;
+        refuse_truncated_ledger(&conn, ledger)?;
         let decisions = decisions::head(&conn)?;
         let finals = load_finals(&conn)?;
         let checkpointer = super::checkpoint::Checkpointer::start(db, &conn);
@@ -501,7 +502,7 @@ fn write_batch(
         totals.push((account, month, total));
     }
     let finalized = match final_cmd {
-        Some(cmd) => Some(mark_final(&tx, finals, cmd, commit_time).map_err(sql)?),
+        Some(cmd) => Some(mark_final(&tx, finals, cmd, commit_time, ledger_head).map_err(sql)?),
         None => None,
     };
     tx.commit().map_err(sql)?;
@@ -613,6 +614,7 @@ fn mark_final(
     finals: &HashSet<(String, BillingMonth)>,
     cmd: &MarkFinal,
     now: DateTime<Utc>,
+    ledger: ChainPosition,
 ) -> Result<Result<FinalMonth, FinalizeError>, DbError> {
     let payer = cmd.payer.as_str();
     if finals.contains(&(payer.to_owned(), cmd.month)) {
@@ -646,6 +648,18 @@ fn mark_final(
             cmd.through_seq as i64
         ],
     )?;
+    // The seal's mark: deleting the `final_months` row is then seen by `ledger verify`.
+    marks::append(
+        tx,
+        marks::final_mark(
+            payer,
+            cmd.month,
+            &cmd.content_hash,
+            cmd.through_seq,
+            to_ms(now),
+            ledger,
+        ),
+    )?;
     Ok(Ok(FinalMonth {
         payer: cmd.payer.clone(),
         month: cmd.month,
@@ -670,4 +684,18 @@ fn load_finals(conn: &Conn) -> Result<HashSet<(String, BillingMonth)>, JournalEr
         finals.insert((payer, month));
     }
     Ok(finals)
+}
+
+/// The startup check (issue 17 item 6): a ledger that ends below its witnesses (records cut off
+/// its end) is not appended to, or the loss would become permanent. The operator inspects it
+/// with `tollgate ledger verify` and lets appends resume with `tollgate ledger accept-truncation`.
+fn refuse_truncated_ledger(conn: &Conn, head: ChainPosition) -> Result<(), JournalError> {
+    match marks::truncation(conn, head)? {
+        None => Ok(()),
+        Some((ends_at, witness)) => Err(JournalError::Truncated {
+            ends_at,
+            witnessed: witness.seq,
+            witness: witness.source,
+        }),
+    }
 }

@@ -320,6 +320,25 @@ const SQLITE_MIGRATIONS: &[&str] = &[
         hash TEXT NOT NULL
      ) STRICT;
      ALTER TABLE ledger ADD COLUMN price_version INTEGER;",
+    // ledger marks (issue 17 item 6, SPEC M6, M7): a hash chain of the events that change what
+    // the ledger's tail must look like: each FINAL seal (so deleting a `final_months` row is
+    // seen) and each operator's acceptance of a truncated ledger (who, when, what was lost).
+    // Every mark records the ledger head when it was made, a witness of the ledger's length.
+    "CREATE TABLE ledger_marks (
+        seq INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('final', 'accept_truncation')),
+        time INTEGER NOT NULL,
+        payer_account_id TEXT,
+        month TEXT,
+        content_hash TEXT,
+        through_seq INTEGER NOT NULL,
+        ledger_seq INTEGER NOT NULL,
+        ledger_hash TEXT NOT NULL,
+        witnessed_seq INTEGER NOT NULL,
+        actor TEXT,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+     ) STRICT;",
 ];
 
 /// The PostgreSQL schema, in the same numbering scheme as [`SQLITE_MIGRATIONS`] but its own
@@ -582,6 +601,22 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
         hash TEXT NOT NULL
      );
      ALTER TABLE ledger ADD COLUMN price_version BIGINT;",
+    // ledger marks: as the SQLite migration of the same name.
+    "CREATE TABLE ledger_marks (
+        seq BIGINT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('final', 'accept_truncation')),
+        time BIGINT NOT NULL,
+        payer_account_id TEXT,
+        month TEXT,
+        content_hash TEXT,
+        through_seq BIGINT NOT NULL,
+        ledger_seq BIGINT NOT NULL,
+        ledger_hash TEXT NOT NULL,
+        witnessed_seq BIGINT NOT NULL,
+        actor TEXT,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+     );",
 ];
 
 /// The store, on either database.

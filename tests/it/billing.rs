@@ -53,7 +53,7 @@ fn price(c: &mut Config, action: &str, p: RoutePrice) {
     route.price = p;
 }
 
-fn tiers(first: u64, p1: &str, p2: &str) -> RoutePrice {
+pub(crate) fn tiers(first: u64, p1: &str, p2: &str) -> RoutePrice {
     RoutePrice::parse(&RawRoutePrice {
         per_request_tiers: Some(vec![
             RawPriceTier {

@@ -10,6 +10,7 @@ mod support;
 
 mod auth;
 mod billing;
+mod billing_audit;
 mod caching;
 mod config_errors;
 mod decisions;

@@ -349,7 +349,8 @@ async fn s2_plan_changes_are_recorded_at_their_instant_and_split_the_month() {
         (next.start(), ended_at)
     );
 
-    // ... and ready to price: business the 10th–19th (10 days), enterprise the 20th–30th (11).
+    // ... and ready to price: business the 10th–20th (11 days), enterprise the 20th–30th (11):
+    // the day of the change counts for both plans.
     let prices = crate::support::backend::query(&gw.database(), |c| {
         tollgate::pricebook::load_history(c).unwrap()
     });
@@ -363,13 +364,13 @@ async fn s2_plan_changes_are_recorded_at_their_instant_and_split_the_month() {
         .iter()
         .map(|p| (p.plan.name(), p.active_days))
         .collect();
-    assert_eq!(days, [("business", 10), ("enterprise", 11)]);
-    // $100,000 of other charges: business 6,900 * 10/30 = 2,300; enterprise
+    assert_eq!(days, [("business", 11), ("enterprise", 11)]);
+    // $100,000 of other charges: business 6,900 * 11/30 = 2,530; enterprise
     // max(15,000, 10,000) * 11/30 = 5,500.
     let other = Money::parse("100000").unwrap();
     assert_eq!(
         charge_for_periods(&plans[0].periods, other, month.days_in_month()),
-        Ok(Money::parse("7800.00").unwrap())
+        Ok(Money::parse("8030.00").unwrap())
     );
 }
 

@@ -49,6 +49,7 @@ fn put(account: &str, pool: bool, quantity: u64) -> UsageAggregate {
         account_id: id(account),
         billed_to: id(PAYER),
         in_org_tier_pool: pool,
+        tier_org: None,
         service: "storage".into(),
         action: "storage:PutObject".into(),
         quantity,
