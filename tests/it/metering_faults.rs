@@ -26,6 +26,8 @@ async fn gateway() -> (TestGateway, Upstream, Account) {
     let upstream = Upstream::start().await;
     let gw = TestGateway::builder(&upstream.url())
         .service_timeout("storage", Duration::from_secs(30))
+        // The tests tag calls with their own request ids, kept only from a trusted proxy (F2).
+        .tweak(|c| c.server.trusted_proxies = vec!["127.0.0.0/8".parse().expect("net")])
         .start()
         .await;
     let account = gw.account("acme").await;
