@@ -45,6 +45,17 @@ pub struct ServerConfig {
     pub max_api_body: u64,
     /// How long shutdown waits for in-flight calls before closing them.
     pub shutdown_grace: Duration,
+    /// The longest idle time between two reads of a request body (slow-body floods); a large
+    /// upload that keeps sending is never cut off by it.
+    pub body_read_timeout: Duration,
+    /// An idle keep-alive connection (no request in flight, nothing received) is closed after
+    /// this.
+    pub keepalive_timeout: Duration,
+    /// Open client connections at most; more are closed at accept. Lowered at start to what the
+    /// process's file-descriptor limit can hold.
+    pub max_connections: usize,
+    /// Open client connections from one IP address at most (trusted proxies are exempt).
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -243,7 +254,48 @@ impl Config {
                 s.shutdown_grace.as_deref(),
                 Duration::from_secs(30),
             ),
+            body_read_timeout: p.duration(
+                "server.body_read_timeout",
+                s.body_read_timeout.as_deref(),
+                Duration::from_secs(30),
+            ),
+            keepalive_timeout: p.duration(
+                "server.keepalive_timeout",
+                s.keepalive_timeout.as_deref(),
+                Duration::from_secs(60),
+            ),
+            max_connections: match s.max_connections {
+                Some(n) if (1..=10_000_000).contains(&n) => n,
+                Some(_) => {
+                    p.push(
+                        "server.max_connections",
+                        "expected a number from 1 to 10000000",
+                    );
+                    10_000
+                }
+                None => 10_000,
+            },
+            max_connections_per_ip: match s.max_connections_per_ip {
+                Some(n) if n >= 1 => n,
+                Some(_) => {
+                    p.push(
+                        "server.max_connections_per_ip",
+                        "expected a number of at least 1",
+                    );
+                    256
+                }
+                None => 256,
+            },
         };
+        for (key, value) in [
+            ("server.body_read_timeout", server.body_read_timeout),
+            ("server.keepalive_timeout", server.keepalive_timeout),
+            ("server.header_read_timeout", server.header_read_timeout),
+        ] {
+            if value.is_zero() {
+                p.push(key, "expected a duration above zero");
+            }
+        }
         if server.max_header_bytes < 8192 {
             p.push("server.max_header_bytes", "expected at least 8KiB");
         }

@@ -58,6 +58,13 @@ pub struct Metrics {
     pub login_failures: Counter,
     pub lockouts: Counter,
     pub inflight: Gauge,
+    /// Client connections closed at accept because a connection cap was full.
+    pub connections_refused: Family<CapLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CapLabels {
+    pub cap: String,
 }
 
 pub type SharedMetrics = Arc<Metrics>;
@@ -147,6 +154,12 @@ impl Metrics {
             "Requests being handled",
             inflight.clone(),
         );
+        let connections_refused = Family::<CapLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at accept by a cap (max_connections, max_connections_per_ip)",
+            connections_refused.clone(),
+        );
         Self {
             registry,
             requests,
@@ -161,7 +174,22 @@ impl Metrics {
             login_failures,
             lockouts,
             inflight,
+            connections_refused,
         }
+    }
+
+    /// Counts a connection closed at accept by a full cap.
+    pub fn connection_refused(&self, refusal: crate::server::limits::Refusal) {
+        use crate::server::limits::Refusal;
+        let cap = match refusal {
+            Refusal::Total => "max_connections",
+            Refusal::PerIp => "max_connections_per_ip",
+        };
+        self.connections_refused
+            .get_or_create(&CapLabels {
+                cap: cap.to_owned(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition of every family.

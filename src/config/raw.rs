@@ -30,6 +30,10 @@ pub struct RawServer {
     pub max_header_bytes: Option<String>,
     pub max_api_body: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub body_read_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -235,6 +235,7 @@ async fn forward(
         parts.headers.insert(headers::X_REQUEST_ID, value);
     }
     identity_headers(app, &caller, request_id, service, &mut parts.headers)?;
+    let incoming = body::ReadTimeout::new(incoming, app.config.server.body_read_timeout);
     let (capped, request_bytes) = Capped::new(incoming, route.max_body);
     let upstream_request = Request::from_parts(parts, capped.boxed_unsync());
 

@@ -12,6 +12,7 @@ mod auth;
 mod billing;
 mod caching;
 mod config_errors;
+mod connections;
 mod decisions;
 mod demo;
 mod fleet;
