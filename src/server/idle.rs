@@ -33,6 +33,8 @@ pub struct Activity {
     idle_since: AtomicU64,
     /// Milliseconds since `start` of the first byte of a head received while idle.
     head_started: AtomicU64,
+    /// Wakes the watchdog when a head begins, so the head deadline starts on time.
+    head_begun: tokio::sync::Notify,
 }
 
 /// The socket, noting arrivals in `Activity`.
@@ -62,6 +64,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(NO_HEAD),
+            head_begun: tokio::sync::Notify::new(),
         })
     }
 
@@ -83,6 +86,7 @@ impl Activity {
             && self.head_started.load(Ordering::Acquire) == NO_HEAD
         {
             self.head_started.store(self.now_ms(), Ordering::Release);
+            self.head_begun.notify_one();
         }
     }
 
@@ -108,7 +112,10 @@ impl Activity {
                 }
                 deadline - now
             };
-            tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(wait.max(1))) => {}
+                () = self.head_begun.notified() => {}
+            }
         }
     }
 }

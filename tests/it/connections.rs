@@ -291,10 +291,17 @@ async fn o2_a_slow_body_flood_at_a_low_fd_limit_leaves_healthz_answering_within_
         &policies(),
         &upstream.url(),
     );
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "[server]\n",
-        "[server]\nbody_read_timeout = \"1s\"\nmax_connections = 64\nmax_connections_per_ip = 16\n",
-        1,
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("body_read_timeout = \"30s\"", "body_read_timeout = \"1s\"")
+        .replace("max_connections = 10000", "max_connections = 64")
+        .replace(
+            "max_connections_per_ip = 256",
+            "max_connections_per_ip = 16",
+        );
+    assert!(
+        text.contains("max_connections_per_ip = 16"),
+        "config keys replaced"
     );
     std::fs::write(&config, text).unwrap();
     // 128 descriptors in all: the flood below opens 300 connections.
