@@ -34,6 +34,8 @@ pub struct App {
     pub orgs: OrgService,
     /// The ledger and the decision log: one durable, hash-chained writer.
     pub journal: Journal,
+    /// `[server.tls]`: the certificate and key being served (O4).
+    pub tls: Option<Arc<crate::server::tls::EdgeTls>>,
     journal_task: parking_lot::Mutex<Option<JournalTask>>,
 }
 
@@ -53,6 +55,8 @@ pub enum StartupError {
     Keys(#[from] KeyError),
     #[error("the policies in `{dir}` are invalid:\n{failure}")]
     Policies { dir: String, failure: LoadFailure },
+    #[error("invalid [server.tls]: {0}")]
+    Tls(#[from] crate::server::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -113,7 +117,12 @@ impl App {
         )));
         // Turns on the store's caller cache: no store round trip per request for the caller.
         store.attach_spend_book(journal.spend_book());
+        let tls = match &config.server.tls {
+            Some(t) => Some(crate::server::tls::EdgeTls::load(t.clone())?),
+            None => None,
+        };
         let app = App {
+            tls,
             config,
             clock,
             store: store.clone(),
@@ -139,12 +148,44 @@ impl App {
             .map_err(|source| StartupError::Listen { addr, source })
     }
 
+    /// Binds the other `listen` addresses and `plain_listen`.
+    pub async fn bind_extra(&self) -> Result<Vec<(TcpListener, server::Edge)>, StartupError> {
+        let mut out = Vec::new();
+        for addr in &self.config.server.also_listen {
+            out.push((server::bind(*addr).await?, server::Edge::Main));
+        }
+        if let Some(addr) = self.config.server.plain_listen {
+            out.push((server::bind(addr).await?, server::Edge::HealthOnly));
+        }
+        Ok(out)
+    }
+
     /// Serves on `listener` until `shutdown` resolves, then drains.
     pub async fn run(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        self.run_all(vec![(listener, server::Edge::Main)], shutdown)
+            .await;
+    }
+
+    /// Serves on every listener until `shutdown` resolves, then drains.
+    pub async fn run_all(
+        self: Arc<Self>,
+        listeners: Vec<(TcpListener, server::Edge)>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let _tls_watcher = match &self.tls {
+            Some(tls) => match tls.spawn_watcher(self.metrics.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the TLS files; reload them with SIGHUP");
+                    None
+                }
+            },
+            None => None,
+        };
         let _watcher = if self.config.policies.watch {
             match self.policies.spawn_watcher() {
                 Ok(w) => Some(w),
@@ -162,7 +203,7 @@ impl App {
             .audit
             .retention
             .map(|retention| tokio::spawn(prune_decisions_daily(self.clone(), retention)));
-        server::serve(self.clone(), listener, shutdown).await;
+        server::serve_all(self.clone(), listeners, shutdown).await;
         sweeper.abort();
         if let Some(pruner) = pruner {
             pruner.abort();

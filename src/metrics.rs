@@ -60,6 +60,8 @@ pub struct Metrics {
     pub inflight: Gauge,
     /// Client connections closed at accept because a connection cap was full.
     pub connections_refused: Family<CapLabels, Counter>,
+    /// TLS certificate reloads by result (success, failure).
+    pub tls_reloads: Family<ResultLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -160,6 +162,12 @@ impl Metrics {
             "Client connections closed at accept by a cap (max_connections, max_connections_per_ip)",
             connections_refused.clone(),
         );
+        let tls_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "TLS certificate and key reload attempts by result (success, failure)",
+            tls_reloads.clone(),
+        );
         Self {
             registry,
             requests,
@@ -175,7 +183,18 @@ impl Metrics {
             lockouts,
             inflight,
             connections_refused,
+            tls_reloads,
         }
+    }
+
+    /// Counts a TLS reload attempt.
+    pub fn tls_reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.tls_reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a connection closed at accept by a full cap.

@@ -448,7 +448,7 @@ async fn readiness(app: &App) -> Response<Body> {
     let store = app.store.check_writable().await;
     let journal_ok = app.journal.is_healthy();
     let ready = store.is_ok() && journal_ok;
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": if ready { "ready" } else { "unready" },
         "checks": {
             "policies": format!("ok: version {}", app.policies.load().version()),
@@ -460,6 +460,10 @@ async fn readiness(app: &App) -> Response<Body> {
             },
         }
     });
+    // A rejected certificate reload leaves the old pair served: a detail, never unready (O4).
+    if let (Some(tls), Some(checks)) = (&app.tls, body.get_mut("checks")) {
+        checks["tls"] = serde_json::Value::String(tls.status());
+    }
     let status = if ready {
         StatusCode::OK
     } else {

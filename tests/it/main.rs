@@ -24,6 +24,7 @@ mod ops;
 mod org;
 mod policies;
 mod services;
+mod tls;
 
 /// O3: the whole behavioural suite again, every gateway on PostgreSQL. Runs this test binary
 /// once more with `TOLLGATE_TEST_STORE=postgres`, in a fresh database created on the server of
