@@ -369,3 +369,122 @@ async fn o4_a_client_that_never_finishes_the_handshake_is_cut_off() {
         started.elapsed()
     );
 }
+
+/// The address after `prefix` in the process output.
+fn address_after(output: &str, prefix: &str) -> SocketAddr {
+    let line = output
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{output}"));
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// GET `path` in plain HTTP on `addr`; the status line and body.
+async fn plain_get(addr: SocketAddr, path: &str) -> String {
+    crate::support::client::raw(
+        &addr.to_string(),
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o4_serve_speaks_tls_on_every_listen_address_with_a_plain_health_port_and_reloads_on_sighup()
+ {
+    use crate::support::process::{Process, policies, write_config};
+    let upstream = Upstream::start().await;
+    let temp = tempfile::tempdir().unwrap();
+    let pki = Pki::new("o4 serve CA");
+    write_pair(&pki, temp.path());
+    let config = write_config(
+        temp.path(),
+        &temp.path().join("data"),
+        &policies(),
+        &upstream.url(),
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\nplain_listen = \"127.0.0.1:0\"",
+        )
+        .replacen(
+            "\n[store]",
+            &format!(
+                "\n[server.tls]\ncert = {:?}\nkey = {:?}\n\n[store]",
+                temp.path().join("server.crt").display().to_string(),
+                temp.path().join("server.key").display().to_string()
+            ),
+            1,
+        );
+    assert!(text.contains("[server.tls]") && text.contains("plain_listen"));
+    std::fs::write(&config, text).unwrap();
+    let gateway = Process::start(&config, &[]);
+    assert!(gateway.url.starts_with("https://"), "{}", gateway.url);
+    let first: SocketAddr = gateway.url.trim_start_matches("https://").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let output = loop {
+        let output = gateway.output.lock().clone();
+        if output.contains("(healthz, readyz, metrics only)")
+            || std::time::Instant::now() > deadline
+        {
+            break output;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let second = address_after(&output, "tollgate: also listening on https://");
+    let plain = address_after(&output, "tollgate: also listening on http://");
+    assert_eq!(second.ip().to_string(), "127.0.0.2");
+
+    let connector = connector(pki.ca_der(), None);
+    for addr in [first, second] {
+        let (mut sender, _) = https(addr, &connector).await.unwrap();
+        assert_eq!(
+            call(&mut sender, Method::GET, "/healthz", None, None)
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+    // plain_listen: health, readiness and metrics only.
+    assert!(
+        plain_get(plain, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(
+        plain_get(plain, "/readyz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let metrics = plain_get(plain, "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        !metrics.contains("tollgate_tls_reloads_total{result=\"success\"} 1"),
+        "{metrics}"
+    );
+    let refused = plain_get(plain, "/auth/login").await;
+    assert!(refused.starts_with("HTTP/1.1 404"), "{refused}");
+    let refused = plain_get(plain, "/svc/storage/objects/a").await;
+    assert!(refused.starts_with("HTTP/1.1 404"), "{refused}");
+
+    // SIGHUP reloads the pair (no file changed, so only the signal can have done it).
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &gateway.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = plain_get(plain, "/metrics").await;
+        if metrics.contains("tollgate_tls_reloads_total{result=\"success\"} 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload TLS:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
