@@ -22,9 +22,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Method, Response, StatusCode};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -32,6 +32,14 @@ use tokio::net::TcpListener;
 use crate::app::App;
 use idle::{Activity, Tracked, Watched};
 use limits::{ConnectionLimits, ConnectionSlot};
+
+/// HTTP/2 streams a client may have open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Streams a client may open and reset before the gateway accepted them; past it the connection
+/// is closed with GOAWAY (rapid reset, CVE-2023-44487).
+pub const HTTP2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the gateway may reset for a client's protocol errors before it closes the connection.
+pub const HTTP2_MAX_LOCAL_ERROR_RESETS: usize = 100;
 
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,11 +128,14 @@ async fn accept_loop(
         let (app, graceful) = (app.clone(), graceful.watcher());
         tokio::spawn(async move {
             match tls {
-                None => connection(app, stream, peer, edge, slot, graceful).await,
+                None => connection(app, stream, peer, edge, slot, graceful, false).await,
                 Some(tls) => {
                     let handshake = tls.acceptor().accept(stream);
                     match tokio::time::timeout(tls.handshake_timeout(), handshake).await {
-                        Ok(Ok(stream)) => connection(app, stream, peer, edge, slot, graceful).await,
+                        Ok(Ok(stream)) => {
+                            let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            connection(app, stream, peer, edge, slot, graceful, http2).await
+                        }
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -135,7 +146,7 @@ async fn accept_loop(
 }
 
 /// Serves one admitted connection (plain or after its TLS handshake) until it ends or breaks an
-/// idle limit; `slot` frees its place when this returns.
+/// idle limit; `slot` frees its place when this returns. `http2` is true when ALPN chose `h2`.
 async fn connection<S>(
     app: Arc<App>,
     stream: S,
@@ -143,21 +154,20 @@ async fn connection<S>(
     edge: Edge,
     slot: ConnectionSlot,
     graceful: Watcher,
+    http2: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _slot = slot;
     let server = &app.config.server;
-    let mut builder = http1::Builder::new();
-    // No hyper header timer: it would also run while a keep-alive connection is idle; `idle`
-    // keeps both deadlines.
-    builder
-        .timer(TokioTimer::new())
-        .max_headers(server.max_headers)
-        .max_buf_size(server.max_header_bytes)
-        .keep_alive(true);
     let (head, keepalive) = (server.header_read_timeout, server.keepalive_timeout);
-    let activity = Activity::new();
+    // On HTTP/2 every byte between requests (PING, SETTINGS, WINDOW_UPDATE) would look like a
+    // head begun; there the head deadline is left to the h2 layer and only keep-alive applies.
+    let activity = if http2 {
+        Activity::without_head_deadline()
+    } else {
+        Activity::new()
+    };
     let watch = activity.clone();
     let service_app = app.clone();
     let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
@@ -173,9 +183,29 @@ async fn connection<S>(
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
         }
     });
-    let connection = graceful.watch(
-        builder.serve_connection(TokioIo::new(Watched::new(stream, watch.clone())), service),
-    );
+    let io = TokioIo::new(Watched::new(stream, watch.clone()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No hyper header timer: it would also run while a keep-alive connection is idle; `idle`
+    // keeps both deadlines.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_headers(server.max_headers)
+        .max_buf_size(server.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(HTTP2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(HTTP2_MAX_LOCAL_ERROR_RESETS);
+    let builder = if http2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
+    let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
     tokio::select! {
         result = connection => {
             if let Err(e) = result {

@@ -33,6 +33,8 @@ pub struct Activity {
     idle_since: AtomicU64,
     /// Milliseconds since `start` of the first byte of a head received while idle.
     head_started: AtomicU64,
+    /// False on HTTP/2: bytes between requests are not a head.
+    head_deadline: bool,
     /// Wakes the watchdog when a head begins, so the head deadline starts on time.
     head_begun: tokio::sync::Notify,
 }
@@ -59,7 +61,17 @@ pub struct Tracked {
 
 impl Activity {
     pub fn new() -> Arc<Self> {
+        Self::with_head_deadline(true)
+    }
+
+    /// Keep-alive only (HTTP/2).
+    pub fn without_head_deadline() -> Arc<Self> {
+        Self::with_head_deadline(false)
+    }
+
+    fn with_head_deadline(head_deadline: bool) -> Arc<Self> {
         Arc::new(Self {
+            head_deadline,
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
@@ -82,7 +94,8 @@ impl Activity {
     }
 
     fn received(&self) {
-        if self.in_flight.load(Ordering::Acquire) == 0
+        if self.head_deadline
+            && self.in_flight.load(Ordering::Acquire) == 0
             && self.head_started.load(Ordering::Acquire) == NO_HEAD
         {
             self.head_started.store(self.now_ms(), Ordering::Release);

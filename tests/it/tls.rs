@@ -488,3 +488,230 @@ async fn o4_serve_speaks_tls_on_every_listen_address_with_a_plain_health_port_an
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A TLS connection that negotiated `h2` by ALPN.
+async fn h2_tls(
+    addr: SocketAddr,
+    ca: CertificateDer<'static>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "h2 negotiated by ALPN"
+    );
+    tls
+}
+
+async fn h2_call(
+    sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let method = if body.is_some() {
+        Method::POST
+    } else {
+        Method::GET
+    };
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"));
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let bytes = match body {
+        Some(v) => {
+            builder = builder.header("content-type", "application/json");
+            Bytes::from(v.to_string())
+        }
+        None => Bytes::new(),
+    };
+    sender.ready().await.unwrap();
+    let response = sender
+        .send_request(builder.body(Full::new(bytes)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "unfinished: h2 is not offered by ALPN until the pipeline accepts HTTP/2 absolute-form targets (issue 20 item 2)"]
+async fn o4_an_http2_service_call_is_served_and_metered_exactly_once_with_the_f_rules() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("o4 h2 CA");
+    write_pair(&pki, dir.path());
+    let gw = tls_gateway(&upstream, dir.path(), None).await;
+    let tls = h2_tls(gw.addr, pki.ca_der()).await;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (status, body) = h2_call(
+        &mut sender,
+        "/accounts",
+        None,
+        Some(serde_json::json!({"name": "acme", "email": "acme@example.com", "owner_user": "owner", "owner_password": "Owner-pass-1!"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let account = body["account_id"].as_str().unwrap().to_owned();
+    let (status, body) = h2_call(
+        &mut sender,
+        "/auth/login",
+        None,
+        Some(serde_json::json!({"account_id": account, "user": "owner", "password": "Owner-pass-1!"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+    let (status, body) = h2_call(
+        &mut sender,
+        "/svc/storage/objects/a?x=1",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(upstream.count(), 1);
+    assert_eq!(upstream.last().uri, "/objects/a?x=1");
+    let calls: i64 = crate::support::backend::TestDb(gw.database())
+        .query_row(
+            "SELECT COUNT(*) FROM ledger WHERE kind = 'call'",
+            params![],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(calls, 1, "one HTTP/2 call, one ledger record");
+    // F1 holds on HTTP/2: an encoded slash is refused before routing, never forwarded.
+    let (status, _) = h2_call(
+        &mut sender,
+        "/svc/storage/objects/a%2Fb",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // F2 holds: a client's identity header never reaches the upstream.
+    sender.ready().await.unwrap();
+    let request = Request::get("https://localhost/svc/storage/objects/b")
+        .header("authorization", format!("Bearer {token}"))
+        .header("x-tollgate-account", "999999999999")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = upstream.last();
+    let forged = seen
+        .headers
+        .get_all("x-tollgate-account")
+        .iter()
+        .any(|v| v.to_str().unwrap_or_default().contains("999999999999"));
+    assert!(
+        !forged,
+        "a client's X-Tollgate-Account reached the upstream over HTTP/2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "unfinished: h2 is not offered by ALPN until the pipeline accepts HTTP/2 absolute-form targets (issue 20 item 2)"]
+async fn o4_http2_caps_concurrent_streams_header_lists_and_rapid_resets() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("o4 h2 caps CA");
+    write_pair(&pki, dir.path());
+    let gw = tls_gateway(&upstream, dir.path(), None).await;
+
+    // Concurrent streams: the server's SETTINGS cap them.
+    let tls = h2_tls(gw.addr, pki.ca_der()).await;
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let request = Request::get("https://localhost/healthz").body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        client.current_max_send_streams(),
+        tollgate::server::HTTP2_MAX_CONCURRENT_STREAMS as usize
+    );
+
+    // Header list size: a head over server.max_header_bytes is refused, never served.
+    let big = "a".repeat(gw.app.config.server.max_header_bytes + 1024);
+    let request = Request::get("https://localhost/healthz")
+        .header("x-big", big)
+        .body(())
+        .unwrap();
+    let refused = match client.send_request(request, true) {
+        Err(_) => true,
+        Ok((response, _)) => match response.await {
+            Err(_) => true,
+            Ok(r) => r.status() == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        },
+    };
+    assert!(refused, "an oversized HTTP/2 header list was served");
+
+    // Rapid reset: streams opened and reset at once; the connection is closed with GOAWAY
+    // long before a thousand.
+    let tls = h2_tls(gw.addr, pki.ca_der()).await;
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut sent = 0;
+    for _ in 0..1000 {
+        client = match client.ready().await {
+            Ok(c) => c,
+            Err(_) => break,
+        };
+        let request = Request::post("https://localhost/auth/login")
+            .body(())
+            .unwrap();
+        match client.send_request(request, false) {
+            Ok((_, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(_) => break,
+        }
+        sent += 1;
+        tokio::task::yield_now().await;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(
+        sent < 1000 || matches!(ended, Ok(Ok(Err(_)))),
+        "a rapid-reset flood of {sent} streams was never cut off"
+    );
+    // The gateway is still fine.
+    let tls = h2_tls(gw.addr, pki.ca_der()).await;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(
+        h2_call(&mut sender, "/healthz", None, None).await.0,
+        StatusCode::OK
+    );
+}
