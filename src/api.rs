@@ -280,7 +280,7 @@ impl ApiRequest {
     /// Reads the body as JSON of type `T`, within the configured size cap.
     pub async fn json<T: DeserializeOwned>(self, app: &App) -> Result<T, Rejection> {
         let limit = app.config.server.max_api_body;
-        let bytes = read_capped(self.body, limit).await?;
+        let bytes = read_capped(self.body, limit, app).await?;
         serde_json::from_slice(&bytes).map_err(|e| {
             Rejection::bad_request(
                 "InvalidInput",
@@ -294,7 +294,7 @@ impl ApiRequest {
         self,
         app: &App,
     ) -> Result<T, Rejection> {
-        let bytes = read_capped(self.body, app.config.server.max_api_body).await?;
+        let bytes = read_capped(self.body, app.config.server.max_api_body, app).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(T::default());
         }
@@ -313,7 +313,7 @@ impl ApiRequest {
 
     /// Reads and discards a body that must be empty or JSON we do not need.
     pub async fn discard_body(self, app: &App) -> Result<(), Rejection> {
-        read_capped(self.body, app.config.server.max_api_body)
+        read_capped(self.body, app.config.server.max_api_body, app)
             .await
             .map(|_| ())
     }
@@ -332,7 +332,9 @@ impl ApiRequest {
     }
 }
 
-async fn read_capped(body: Incoming, limit: u64) -> Result<Bytes, Rejection> {
+async fn read_capped(body: Incoming, limit: u64, app: &App) -> Result<Bytes, Rejection> {
+    let timeout = app.config.server.body_read_timeout;
+    let body = crate::body::ReadTimeout::new(body, timeout);
     let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
@@ -341,6 +343,9 @@ async fn read_capped(body: Incoming, limit: u64) -> Result<Bytes, Rejection> {
                 .is_some() =>
         {
             Err(rejection::payload_too_large(limit))
+        }
+        Err(e) if e.downcast_ref::<crate::body::BodyReadTimeout>().is_some() => {
+            Err(rejection::body_read_timeout(timeout))
         }
         Err(_) => Err(Rejection::bad_request(
             "InvalidInput",

@@ -39,6 +39,8 @@ pub struct App {
     pub journal: Journal,
     /// Who may `POST /policies/reload`, and its rate (P7).
     pub reloads: crate::api::policies::ReloadGate,
+    /// `[server.tls]`: the certificate and key being served (O4).
+    pub tls: Option<Arc<crate::server::tls::EdgeTls>>,
     journal_task: parking_lot::Mutex<Option<JournalTask>>,
 }
 
@@ -62,6 +64,8 @@ pub enum StartupError {
     SecretKey(#[from] crate::auth::sealing::SealError),
     #[error("the policies in `{dir}` are invalid:\n{failure}")]
     Policies { dir: String, failure: LoadFailure },
+    #[error("invalid [server.tls]: {0}")]
+    Tls(#[from] crate::server::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -156,7 +160,12 @@ impl App {
         store.attach_spend_book(journal.spend_book());
         let deny_throttle = DenyThrottle::new(config.audit.deny_rate);
         let reloads = crate::api::policies::ReloadGate::new(&config.policies.reload_accounts);
+        let tls = match &config.server.tls {
+            Some(t) => Some(crate::server::tls::EdgeTls::load(t.clone())?),
+            None => None,
+        };
         let app = App {
+            tls,
             config,
             clock,
             store: store.clone(),
@@ -184,12 +193,44 @@ impl App {
             .map_err(|source| StartupError::Listen { addr, source })
     }
 
+    /// Binds the other `listen` addresses and `plain_listen`.
+    pub async fn bind_extra(&self) -> Result<Vec<(TcpListener, server::Edge)>, StartupError> {
+        let mut out = Vec::new();
+        for addr in &self.config.server.also_listen {
+            out.push((server::bind(*addr).await?, server::Edge::Main));
+        }
+        if let Some(addr) = self.config.server.plain_listen {
+            out.push((server::bind(addr).await?, server::Edge::HealthOnly));
+        }
+        Ok(out)
+    }
+
     /// Serves on `listener` until `shutdown` resolves, then drains.
     pub async fn run(
         self: Arc<Self>,
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        self.run_all(vec![(listener, server::Edge::Main)], shutdown)
+            .await;
+    }
+
+    /// Serves on every listener until `shutdown` resolves, then drains.
+    pub async fn run_all(
+        self: Arc<Self>,
+        listeners: Vec<(TcpListener, server::Edge)>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let _tls_watcher = match &self.tls {
+            Some(tls) => match tls.spawn_watcher(self.metrics.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the TLS files; reload them with SIGHUP");
+                    None
+                }
+            },
+            None => None,
+        };
         let _watcher = if self.config.policies.watch {
             match self.policies.spawn_watcher() {
                 Ok(w) => Some(w),
@@ -207,7 +248,7 @@ impl App {
             .audit
             .retention
             .map(|retention| tokio::spawn(prune_decisions_daily(self.clone(), retention)));
-        server::serve(self.clone(), listener, shutdown).await;
+        server::serve_all(self.clone(), listeners, shutdown).await;
         // Calls whose client went away still run and meter (issue 17 item 7); each is bounded
         // by its service's timeout. Their ledger records must reach the journal before it shuts.
         if tokio::time::timeout(self.config.server.shutdown_grace, self.upstreams.settled())

@@ -7,6 +7,7 @@
 //! - `Counted` counts response bytes as they are actually handed to the client and reports,
 //!   once, how the body ended (complete, failed or dropped by the client).
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -219,5 +220,83 @@ where
 impl<B> Drop for Counted<B> {
     fn drop(&mut self) {
         self.finish(BodyEnd::Dropped);
+    }
+}
+
+/// A request body that fails when the client sends nothing for `timeout` while it is being read
+/// (`server.body_read_timeout`): a slow-body flood cannot hold a connection open forever, and an
+/// upload that keeps sending is never cut off, however long it takes in all.
+pub struct ReadTimeout<B> {
+    inner: B,
+    timeout: std::time::Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer runs for the current wait; cleared when a frame arrives.
+    armed: bool,
+}
+
+/// The client sent nothing of its request body for `server.body_read_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("no request body bytes arrived for {timeout:?} (server.body_read_timeout)")]
+pub struct BodyReadTimeout {
+    pub timeout: std::time::Duration,
+}
+
+// === impl ReadTimeout ===
+
+impl<B> ReadTimeout<B> {
+    pub fn new(inner: B, timeout: std::time::Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            timer: None,
+            armed: false,
+        }
+    }
+}
+
+impl<B> HttpBody for ReadTimeout<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.armed = false;
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + this.timeout;
+                let timer = match (&mut this.timer, this.armed) {
+                    (Some(timer), true) => timer,
+                    (Some(timer), false) => {
+                        timer.as_mut().reset(deadline);
+                        timer
+                    }
+                    (slot @ None, _) => slot.insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                this.armed = true;
+                if timer.as_mut().poll(cx).is_ready() {
+                    let timeout = this.timeout;
+                    return Poll::Ready(Some(Err(Box::new(BodyReadTimeout { timeout }))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -36,7 +36,14 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// The first `listen` address (`App::bind`).
     pub listen: SocketAddr,
+    /// The other `listen` addresses, when `listen` is an array; served like the first.
+    pub also_listen: Vec<SocketAddr>,
+    /// A loopback address serving only `/healthz`, `/readyz` and `/metrics`, without TLS.
+    pub plain_listen: Option<SocketAddr>,
+    /// `[server.tls]`: every `listen` address speaks TLS when set (O4).
+    pub tls: Option<TlsConfig>,
     /// Peers whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// A client must finish sending request headers within this time (slowloris).
@@ -47,6 +54,30 @@ pub struct ServerConfig {
     pub max_api_body: u64,
     /// How long shutdown waits for in-flight calls before closing them.
     pub shutdown_grace: Duration,
+    /// The longest idle time between two reads of a request body (slow-body floods); a large
+    /// upload that keeps sending is never cut off by it.
+    pub body_read_timeout: Duration,
+    /// An idle keep-alive connection (no request in flight, nothing received) is closed after
+    /// this.
+    pub keepalive_timeout: Duration,
+    /// Open client connections at most; more are closed at accept. Lowered at start to what the
+    /// process's file-descriptor limit can hold.
+    pub max_connections: usize,
+    /// Open client connections from one IP address at most (trusted proxies are exempt).
+    pub max_connections_per_ip: usize,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by one of these PEM CAs.
+    pub client_ca: Option<PathBuf>,
+    /// A client must finish the TLS handshake within this.
+    pub handshake_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -212,18 +243,71 @@ impl Config {
 
     fn from_raw(raw: RawConfig, p: &mut Problems) -> Self {
         let s = raw.server;
+        let parse_addr = |v: &str| {
+            SocketAddr::from_str(v)
+                .map_err(|_| "expected an address and port like `127.0.0.1:8080`".to_owned())
+        };
+        let listens: Vec<SocketAddr> = match &s.listen {
+            None => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            Some(raw::RawListen::One(v)) => p
+                .value("server.listen", v, parse_addr)
+                .into_iter()
+                .collect(),
+            Some(raw::RawListen::Many(vs)) => {
+                if vs.is_empty() {
+                    p.push("server.listen", "expected at least one address");
+                }
+                vs.iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| p.value(&format!("server.listen[{i}]"), v, parse_addr))
+                    .collect()
+            }
+        };
+        let mut listens = listens.into_iter();
+        let listen = listens
+            .next()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let also_listen: Vec<SocketAddr> = listens.collect();
+        let plain_listen = s.plain_listen.as_deref().and_then(|v| {
+            let addr = p.value("server.plain_listen", v, parse_addr)?;
+            if !addr.ip().is_loopback() {
+                p.push(
+                    "server.plain_listen",
+                    "expected a loopback address (127.0.0.1 or ::1): it serves health and metrics without TLS",
+                );
+                return None;
+            }
+            Some(addr)
+        });
+        let tls = s.tls.as_ref().and_then(|t| {
+            let cert = t.cert.as_deref().map(PathBuf::from);
+            let key = t.key.as_deref().map(PathBuf::from);
+            if cert.is_none() {
+                p.push(
+                    "server.tls.cert",
+                    "expected the path of a PEM certificate chain",
+                );
+            }
+            if key.is_none() {
+                p.push("server.tls.key", "expected the path of a PEM private key");
+            }
+            let handshake_timeout = p.duration(
+                "server.tls.handshake_timeout",
+                t.handshake_timeout.as_deref(),
+                Duration::from_secs(10),
+            );
+            Some(TlsConfig {
+                cert: cert?,
+                key: key?,
+                client_ca: t.client_ca.as_deref().map(PathBuf::from),
+                handshake_timeout,
+            })
+        });
         let server = ServerConfig {
-            listen: p
-                .value(
-                    "server.listen",
-                    s.listen.as_deref().unwrap_or("127.0.0.1:8080"),
-                    |v| {
-                        SocketAddr::from_str(v).map_err(|_| {
-                            "expected an address and port like `127.0.0.1:8080`".into()
-                        })
-                    },
-                )
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            listen,
+            also_listen,
+            plain_listen,
+            tls,
             trusted_proxies: s
                 .trusted_proxies
                 .iter()
@@ -256,7 +340,48 @@ impl Config {
                 s.shutdown_grace.as_deref(),
                 Duration::from_secs(30),
             ),
+            body_read_timeout: p.duration(
+                "server.body_read_timeout",
+                s.body_read_timeout.as_deref(),
+                Duration::from_secs(30),
+            ),
+            keepalive_timeout: p.duration(
+                "server.keepalive_timeout",
+                s.keepalive_timeout.as_deref(),
+                Duration::from_secs(60),
+            ),
+            max_connections: match s.max_connections {
+                Some(n) if (1..=10_000_000).contains(&n) => n,
+                Some(_) => {
+                    p.push(
+                        "server.max_connections",
+                        "expected a number from 1 to 10000000",
+                    );
+                    10_000
+                }
+                None => 10_000,
+            },
+            max_connections_per_ip: match s.max_connections_per_ip {
+                Some(n) if n >= 1 => n,
+                Some(_) => {
+                    p.push(
+                        "server.max_connections_per_ip",
+                        "expected a number of at least 1",
+                    );
+                    256
+                }
+                None => 256,
+            },
         };
+        for (key, value) in [
+            ("server.body_read_timeout", server.body_read_timeout),
+            ("server.keepalive_timeout", server.keepalive_timeout),
+            ("server.header_read_timeout", server.header_read_timeout),
+        ] {
+            if value.is_zero() {
+                p.push(key, "expected a duration above zero");
+            }
+        }
         if server.max_header_bytes < 8192 {
             p.push("server.max_header_bytes", "expected at least 8KiB");
         }

@@ -62,6 +62,15 @@ pub struct Metrics {
     /// Calls answered 429 before Cedar because their principal was past `[audit] deny_rate`.
     pub denied_calls_throttled: Counter,
     pub inflight: Gauge,
+    /// Client connections closed at accept because a connection cap was full.
+    pub connections_refused: Family<CapLabels, Counter>,
+    /// TLS certificate reloads by result (success, failure).
+    pub tls_reloads: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CapLabels {
+    pub cap: String,
 }
 
 pub type SharedMetrics = Arc<Metrics>;
@@ -163,6 +172,18 @@ impl Metrics {
             "Requests being handled",
             inflight.clone(),
         );
+        let connections_refused = Family::<CapLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at accept by a cap (max_connections, max_connections_per_ip)",
+            connections_refused.clone(),
+        );
+        let tls_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "TLS certificate and key reload attempts by result (success, failure)",
+            tls_reloads.clone(),
+        );
         Self {
             registry,
             requests,
@@ -179,7 +200,33 @@ impl Metrics {
             password_queue_rejections,
             denied_calls_throttled,
             inflight,
+            connections_refused,
+            tls_reloads,
         }
+    }
+
+    /// Counts a TLS reload attempt.
+    pub fn tls_reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.tls_reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a connection closed at accept by a full cap.
+    pub fn connection_refused(&self, refusal: crate::server::limits::Refusal) {
+        use crate::server::limits::Refusal;
+        let cap = match refusal {
+            Refusal::Total => "max_connections",
+            Refusal::PerIp => "max_connections_per_ip",
+        };
+        self.connections_refused
+            .get_or_create(&CapLabels {
+                cap: cap.to_owned(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition of every family.

@@ -51,25 +51,46 @@ pub fn run(args: ServeArgs) -> u8 {
                 return exit::SOFTWARE;
             }
         };
+        let extra = match app.bind_extra().await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("tollgate: {e}");
+                return exit::SOFTWARE;
+            }
+        };
         let shutdown = shutdown_signal();
         spawn_sighup_reload(app.clone());
         let addr = listener
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| app.config.server.listen.to_string());
-        say(&format!("tollgate: listening on http://{addr}"));
+        let scheme = if app.tls.is_some() { "https" } else { "http" };
+        say(&format!("tollgate: listening on {scheme}://{addr}"));
+        for (listener, edge) in &extra {
+            if let Ok(a) = listener.local_addr() {
+                let what = match edge {
+                    crate::server::Edge::Main => format!("{scheme}://{a}"),
+                    crate::server::Edge::HealthOnly => {
+                        format!("http://{a} (healthz, readyz, metrics only)")
+                    }
+                };
+                say(&format!("tollgate: also listening on {what}"));
+            }
+        }
         say(&format!(
             "tollgate: data in {}, policies from {} (version {})",
             app.config.store.data_dir.display(),
             app.config.policies.dir.display(),
             app.policies.load().version()
         ));
-        app.run(listener, shutdown).await;
+        let mut listeners = vec![(listener, crate::server::Edge::Main)];
+        listeners.extend(extra);
+        app.run_all(listeners, shutdown).await;
         exit::OK
     })
 }
 
-/// Reloads the policies on SIGHUP (P7).
+/// Reloads the policies on SIGHUP (P7), and the TLS certificate and key (O4).
 fn spawn_sighup_reload(app: Arc<App>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
@@ -78,6 +99,11 @@ fn spawn_sighup_reload(app: Arc<App>) {
     };
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
+            if let Some(tls) = app.tls.clone() {
+                let metrics = app.metrics.clone();
+                // Logged and reported by `reload`; the old pair stays on failure.
+                let _ = tokio::task::spawn_blocking(move || tls.reload(&metrics)).await;
+            }
             let policies = app.policies.clone();
             let result =
                 tokio::task::spawn_blocking(move || policies.reload(ReloadTrigger::Signal)).await;

@@ -23,13 +23,36 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct RawServer {
-    pub listen: Option<String>,
+    pub listen: Option<RawListen>,
+    pub plain_listen: Option<String>,
+    pub tls: Option<RawTls>,
     pub trusted_proxies: Vec<String>,
     pub header_read_timeout: Option<String>,
     pub max_headers: Option<usize>,
     pub max_header_bytes: Option<String>,
     pub max_api_body: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub body_read_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+}
+
+/// `listen = "addr"` or `listen = ["addr", ...]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawListen {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub client_ca: Option<String>,
+    pub handshake_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

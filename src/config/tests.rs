@@ -282,3 +282,52 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn o4_listen_takes_an_array_plain_listen_must_be_loopback_and_tls_needs_cert_and_key() {
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:8443\", \"127.0.0.2:8443\"]\nplain_listen = \"127.0.0.1:9090\"\n[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n{MINIMAL}"
+    );
+    let config = Config::parse(&text).unwrap_or_else(|p| panic!("{p:?}"));
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8443");
+    assert_eq!(config.server.also_listen.len(), 1);
+    assert_eq!(config.server.plain_listen.map(|a| a.port()), Some(9090));
+    let tls = config.server.tls.unwrap_or_else(|| panic!("tls"));
+    assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+    assert!(tls.client_ca.is_none());
+
+    let text = format!(
+        "[server]\nlisten = []\nplain_listen = \"0.0.0.0:9090\"\n[server.tls]\nclient_ca = \"ca.pem\"\n{MINIMAL}"
+    );
+    let found = problems(&text);
+    let keys = keys(&found);
+    for key in [
+        "server.listen",
+        "server.plain_listen",
+        "server.tls.cert",
+        "server.tls.key",
+    ] {
+        assert!(keys.contains(&key), "{key} not in {keys:?}");
+    }
+}
+
+#[test]
+fn o2_connection_limits_have_defaults_and_refuse_zero() {
+    let config = Config::parse(MINIMAL).unwrap_or_else(|p| panic!("{p:?}"));
+    assert_eq!(config.server.body_read_timeout, Duration::from_secs(30));
+    assert_eq!(config.server.keepalive_timeout, Duration::from_secs(60));
+    assert_eq!(config.server.max_connections, 10_000);
+    assert_eq!(config.server.max_connections_per_ip, 256);
+    let text = format!(
+        "[server]\nbody_read_timeout = \"0s\"\nmax_connections = 0\nmax_connections_per_ip = 0\n{MINIMAL}"
+    );
+    let found = problems(&text);
+    let keys = keys(&found);
+    for key in [
+        "server.body_read_timeout",
+        "server.max_connections",
+        "server.max_connections_per_ip",
+    ] {
+        assert!(keys.contains(&key), "{key} not in {keys:?}");
+    }
+}

@@ -55,7 +55,8 @@ pub fn check(
     let mut hosts = headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (_, Some(_)) => return Err(MessageError::HostCount),
-        (None, None) if version >= Version::HTTP_11 => return Err(MessageError::HostCount),
+        // HTTP/2 names the host in `:authority` (hyper puts it in the URI), not in `Host`.
+        (None, None) if version == Version::HTTP_11 => return Err(MessageError::HostCount),
         (None, None) => {}
         (Some(host), None) => {
             let valid = host

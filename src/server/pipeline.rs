@@ -290,6 +290,7 @@ async fn forward(
         parts.headers.insert(headers::X_REQUEST_ID, value);
     }
     identity_headers(app, &caller, request_id, service, &mut parts.headers)?;
+    let incoming = body::ReadTimeout::new(incoming, app.config.server.body_read_timeout);
     let (capped, request_bytes) = Capped::new(incoming, route.max_body);
     let upstream_request = Request::from_parts(parts, capped.boxed_unsync());
 
@@ -575,7 +576,7 @@ async fn readiness(app: &App) -> Response<Body> {
     let store = app.store.check_ready().await;
     let journal_ok = app.journal.is_healthy();
     let ready = store.is_ok() && journal_ok;
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": if ready { "ready" } else { "unready" },
         "checks": {
             "policies": format!("ok: version {}", app.policies.load().version()),
@@ -587,6 +588,10 @@ async fn readiness(app: &App) -> Response<Body> {
             },
         }
     });
+    // A rejected certificate reload leaves the old pair served: a detail, never unready (O4).
+    if let (Some(tls), Some(checks)) = (&app.tls, body.get_mut("checks")) {
+        checks["tls"] = serde_json::Value::String(tls.status());
+    }
     let status = if ready {
         StatusCode::OK
     } else {

@@ -185,6 +185,18 @@ impl From<StoreError> for Rejection {
     }
 }
 
+/// The client stopped sending its request body for `server.body_read_timeout`.
+pub fn body_read_timeout(timeout: std::time::Duration) -> Rejection {
+    Rejection::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "RequestTimeout",
+        format!(
+            "no request body bytes arrived for {} s; send the body without pausing that long",
+            timeout.as_secs_f64()
+        ),
+    )
+}
+
 pub fn payload_too_large(limit: u64) -> Rejection {
     Rejection::new(
         StatusCode::PAYLOAD_TOO_LARGE,

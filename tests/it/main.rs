@@ -13,6 +13,7 @@ mod billing;
 mod billing_audit;
 mod caching;
 mod config_errors;
+mod connections;
 mod decisions;
 mod demo;
 mod fleet;
@@ -27,6 +28,7 @@ mod org;
 mod policies;
 mod pricebook;
 mod services;
+mod tls;
 
 /// O3: the whole behavioural suite again, every gateway on PostgreSQL. Runs this test binary
 /// once more with `TOLLGATE_TEST_STORE=postgres`, in a fresh database created on the server of
