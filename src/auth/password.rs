@@ -214,7 +214,7 @@ impl Default for QueueLimits {
 impl PasswordHasher {
     /// `login_threads` threads hash for logins (0 is treated as 1, since 0 would block every
     /// login forever), and one more only for account work. The dummy hash for unknown users is
-    /// computed at once, on the account thread.
+    /// computed at once.
     pub fn new(
         login_threads: usize,
         limits: QueueLimits,
@@ -246,13 +246,14 @@ impl PasswordHasher {
                 tracing::error!(error = %e, "cannot start a password hashing thread");
             }
         }
-        // The dummy hash, so the first unknown-user login is not slower than the others.
+        // The dummy hash, so the first unknown-user login is not slower than the others. On a
+        // login thread: the account thread allocates its 19 MiB only when account work comes.
         {
             let job: Job = Box::new(|shared: &Shared| {
                 let _ = shared.dummy_hash();
             });
             let operator = Requester::operator().address;
-            let _ = shared.queue.lock().account.push(operator, job, limits);
+            let _ = shared.queue.lock().login.push(operator, job, limits);
         }
         Self {
             _closer: Arc::new(Closer(shared.clone())),
