@@ -279,8 +279,7 @@ pub fn usage_for_bill_through(
                     match bases.get(&key) {
                         Some(b) => *b,
                         None => {
-                            let b =
-                                tier_base(&tx, payer, &aggregate, &original, month, pool, org)?;
+                            let b = tier_base(&tx, payer, &aggregate, &original, month, pool, org)?;
                             bases.insert(key, b);
                             b
                         }
