@@ -254,6 +254,9 @@ impl PasswordHasher {
             });
             let operator = Requester::operator().address;
             let _ = shared.queue.lock().login.push(operator, job, limits);
+            // A thread may already be waiting: wake it, or the job (and, with a lane of one,
+            // every login refused behind it) would wait for the next push.
+            shared.work.notify_all();
         }
         Self {
             _closer: Arc::new(Closer(shared.clone())),

@@ -163,19 +163,38 @@ async fn u4_a_full_lane_refuses_at_once_with_a_retry_time() {
         per_address: 1,
     };
     let hasher = PasswordHasher::new(1, limits, Default::default());
-    // Occupy the login thread and fill the lane.
+    // The dummy hash made at start runs on the login thread first: wait until it is done, so
+    // what follows does not depend on how fast this machine hashes.
+    // (With a lane of one, the warm-up itself is refused while the dummy job still waits.)
+    let mut warmed = false;
+    for _ in 0..500 {
+        match hasher.verify(&secret("warm-up"), None, login()).await {
+            Ok(false) => {
+                warmed = true;
+                break;
+            }
+            Err(PasswordError::Busy { .. }) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            other => panic!("warm-up: {other:?}"),
+        }
+    }
+    assert!(warmed, "the dummy hash never finished");
+    // Occupy the login thread (known to be running the blocker), then fill the lane.
     let (release, hold) = std::sync::mpsc::channel::<()>();
+    let (started, running) = tokio::sync::oneshot::channel::<()>();
     let blocker = tokio::spawn({
         let hasher = hasher.clone();
         async move {
             hasher
                 .run(login(), move |_| {
+                    let _ = started.send(());
                     let _ = hold.recv();
                 })
                 .await
         }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    running.await.expect("the blocker runs on the login thread");
     let queued = tokio::spawn({
         let hasher = hasher.clone();
         async move { hasher.verify(&secret("x"), None, login()).await }
@@ -189,7 +208,8 @@ async fn u4_a_full_lane_refuses_at_once_with_a_retry_time() {
     assert!(hasher.hash(&secret("Pass-word-1"), account()).await.is_ok());
     let _ = release.send(());
     let _ = blocker.await;
-    assert!(matches!(queued.await, Ok(Ok(false))));
+    let queued = queued.await;
+    assert!(matches!(queued, Ok(Ok(false))), "{queued:?}");
 }
 
 #[tokio::test]
