@@ -107,7 +107,11 @@ async fn dispatch(
     request_id: &RequestId,
 ) -> Result<Response<Body>, Rejection> {
     let uri = request.uri();
-    if uri.scheme().is_some() || uri.authority().is_some() || request.method() == Method::CONNECT {
+    // HTTP/2 always carries `:scheme` and `:authority`, which hyper puts in the URI: that is the
+    // protocol, not an absolute-form target. Only the path is routed either way.
+    let absolute_form = request.version() != http::Version::HTTP_2
+        && (uri.scheme().is_some() || uri.authority().is_some());
+    if absolute_form || request.method() == Method::CONNECT {
         return Err(Rejection::bad_request(
             "InvalidTarget",
             "absolute-form and CONNECT request targets are not accepted; send `METHOD /path`",

@@ -203,9 +203,8 @@ fn build(config: &TlsConfig) -> Result<ServerConfig, TlsError> {
     let mut server = builder
         .with_single_cert(certs, key)
         .map_err(TlsError::Pair)?;
-    // `h2` is not offered yet: the pipeline refuses HTTP/2's absolute-form targets
-    // (`InvalidTarget`), so an h2 client would get 400 for every call (issue 20 item 2, open).
-    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 first, as clients expect; HTTP/1.1 for the rest (O4).
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(server)
 }
 

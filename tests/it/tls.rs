@@ -556,7 +556,6 @@ async fn h2_call(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "unfinished: h2 is not offered by ALPN until the pipeline accepts HTTP/2 absolute-form targets (issue 20 item 2)"]
 async fn o4_an_http2_service_call_is_served_and_metered_exactly_once_with_the_f_rules() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -638,7 +637,6 @@ async fn o4_an_http2_service_call_is_served_and_metered_exactly_once_with_the_f_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "unfinished: h2 is not offered by ALPN until the pipeline accepts HTTP/2 absolute-form targets (issue 20 item 2)"]
 async fn o4_http2_caps_concurrent_streams_header_lists_and_rapid_resets() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
