@@ -95,8 +95,8 @@ use crate::ids::AccountId;
 use crate::metrics::SharedMetrics;
 
 pub use audit::{
-    AcceptError, AcceptedLoss, LedgerAudit, LedgerProblem, accept_truncation, audit_ledger,
-    ledger_head,
+    AcceptError, AcceptedLoss, AdoptedSeal, LedgerAudit, LedgerProblem, accept_truncation,
+    audit_ledger, ledger_head,
 };
 pub use entry::{
     Charge, DecisionEntry, DecisionKind, Entry, LedgerEntry, MeteredCall, RecordId, ReloadEntry,

@@ -102,6 +102,15 @@ fn verify(args: &VerifyArgs) -> u8 {
                     loss.mark
                 );
             }
+            for seal in &audit.adopted {
+                println!(
+                    "note: the FINAL seal of the {} bill of payer {} predates ledger marks; the gateway adopted it as found when it first opened the upgraded store at {} (ledger mark {})",
+                    seal.month,
+                    seal.payer,
+                    seal.at.to_rfc3339(),
+                    seal.mark
+                );
+            }
             if audit.problems.is_empty() {
                 println!(
                     "ok: ledger verified, {} records checked, head seq {} hash {}; {} ledger marks checked",

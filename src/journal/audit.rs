@@ -35,6 +35,20 @@ pub struct LedgerAudit {
     pub problems: Vec<LedgerProblem>,
     /// Losses an operator acknowledged, oldest first.
     pub accepted: Vec<AcceptedLoss>,
+    /// Seals made before ledger marks existed, adopted when the upgraded store first opened
+    /// (`marks` module docs), oldest first.
+    pub adopted: Vec<AdoptedSeal>,
+}
+
+/// A FINAL seal that predates the ledger marks and was adopted at upgrade: its mark vouches
+/// only for the `final_months` row as the writer found it then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdoptedSeal {
+    pub mark: u64,
+    pub payer: String,
+    pub month: String,
+    /// When the writer adopted it.
+    pub at: DateTime<Utc>,
 }
 
 /// One thing missing or changed that the chain alone does not show.
@@ -182,11 +196,29 @@ pub fn audit_ledger(
             MarkKind::Final { .. } => None,
         })
         .collect();
+    let adopted = all_marks
+        .iter()
+        .filter_map(|m| match &m.kind {
+            MarkKind::Final {
+                payer,
+                month,
+                adopted: true,
+                ..
+            } => Some(AdoptedSeal {
+                mark: m.seq,
+                payer: payer.clone(),
+                month: month.clone(),
+                at: from_ms(m.time),
+            }),
+            _ => None,
+        })
+        .collect();
     Ok(LedgerAudit {
         chain,
         marks: marks_summary.records,
         problems,
         accepted,
+        adopted,
     })
 }
 

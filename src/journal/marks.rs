@@ -14,8 +14,15 @@
 //! accept-truncation`), `ledger_spend` is recounted from the ledger and only marks made after it
 //! count, so appends may resume.
 //!
-//! Written by the journal writer (seals) and by the operator's `accept-truncation` (inside the
-//! journal lock); it must not know HTTP or prices.
+//! # Adopted seals
+//! A store upgraded from before this table has `final_months` rows and no marks. When the
+//! writer opens such a store (marks chain EMPTY, seals present) it adopts every existing seal:
+//! one `final` mark per row, its `actor` set to [`ADOPTED_AT_UPGRADE`] so `ledger verify` can
+//! say which seals it took on trust ([`adopt_seals`]). Once any mark exists nothing is adopted:
+//! a seal without a mark is then reported (tamper detection).
+//!
+//! Written by the journal writer (seals, adopted seals) and by the operator's
+//! `accept-truncation` (inside the journal lock); it must not know HTTP or prices.
 
 use crate::billing::BillingMonth;
 use crate::chain::{self, Canonical};
@@ -32,6 +39,9 @@ pub enum MarkKind {
         payer: String,
         month: String,
         content_hash: String,
+        /// The seal predates the marks table: the writer adopted its `final_months` row when it
+        /// first opened the upgraded store ([`adopt_seals`]).
+        adopted: bool,
     },
     /// An operator accepted that the ledger ends at `through_seq`; the witnesses showed
     /// `witnessed_seq` records.
@@ -68,6 +78,9 @@ const COLUMNS: &str = "kind, time, payer_account_id, month, content_hash, throug
 
 const CANONICAL_TAG: &str = "tollgate/ledger-mark/v1";
 
+/// The `actor` of a `final` mark that adopted a seal made before the marks table existed.
+pub const ADOPTED_AT_UPGRADE: &str = "adopted at upgrade";
+
 // === impl Mark ===
 
 impl Mark {
@@ -94,7 +107,14 @@ impl Mark {
                 payer,
                 month,
                 content_hash,
-            } => ("final", Some(payer), Some(month), Some(content_hash), None),
+                adopted,
+            } => (
+                "final",
+                Some(payer),
+                Some(month),
+                Some(content_hash),
+                adopted.then_some(ADOPTED_AT_UPGRADE),
+            ),
             MarkKind::AcceptTruncation { actor } => {
                 ("accept_truncation", None, None, None, Some(actor))
             }
@@ -112,6 +132,7 @@ impl Mark {
                 payer,
                 month,
                 content_hash,
+                adopted: actor.as_deref() == Some(ADOPTED_AT_UPGRADE),
             },
             _ => MarkKind::AcceptTruncation {
                 actor: actor.unwrap_or_default(),
@@ -205,6 +226,7 @@ pub(super) fn final_mark(
             payer: payer.to_owned(),
             month: month.to_string(),
             content_hash: content_hash.to_owned(),
+            adopted: false,
         },
         time,
         through_seq,
@@ -212,6 +234,50 @@ pub(super) fn final_mark(
         ledger_hash: chain::to_hex(&ledger.hash),
         witnessed_seq: ledger.seq,
     }
+}
+
+/// Adopts the seals of a store upgraded from before the marks table (module docs): when the
+/// marks chain is empty, appends one adopted `final` mark per `final_months` row, oldest seal
+/// first (by `through_seq`, then month and payer), with the ledger head `ledger`. Does nothing
+/// once any mark exists. Runs inside the caller's transaction, which must hold the journal lock;
+/// returns how many seals it adopted.
+pub(super) fn adopt_seals(tx: &Tx<'_>, time: i64, ledger: ChainPosition) -> Result<u64, DbError> {
+    let marks: i64 = tx.query_row(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM ledger_marks",
+        params![],
+        |r| r.get(0),
+    )?;
+    if marks > 0 {
+        return Ok(0);
+    }
+    let seals: Vec<(String, String, String, i64)> = tx.query_map(
+        "SELECT payer_account_id, month, content_hash, through_seq FROM final_months
+         ORDER BY through_seq, month, payer_account_id",
+        params![],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    let mut adopted = 0;
+    for (payer, month, content_hash, through_seq) in seals {
+        append(
+            tx,
+            Mark {
+                seq: 0,
+                kind: MarkKind::Final {
+                    payer,
+                    month,
+                    content_hash,
+                    adopted: true,
+                },
+                time,
+                through_seq: u64::try_from(through_seq).unwrap_or(0),
+                ledger_seq: ledger.seq,
+                ledger_hash: chain::to_hex(&ledger.hash),
+                witnessed_seq: ledger.seq,
+            },
+        )?;
+        adopted += 1;
+    }
+    Ok(adopted)
 }
 
 /// Verifies the marks' chain and returns every mark, oldest first (a short table).

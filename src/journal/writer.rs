@@ -132,6 +132,7 @@ impl WriterState {
         }
         let ledger = ledger::head(&conn)?;
         refuse_truncated_ledger(&conn, ledger)?;
+        adopt_unmarked_seals(&conn, to_ms(clock.now()))?;
         let decisions = decisions::head(&conn)?;
         let finals = load_finals(&conn)?;
         let checkpointer = super::checkpoint::Checkpointer::start(db, &conn);
@@ -698,4 +699,40 @@ fn refuse_truncated_ledger(conn: &Conn, head: ChainPosition) -> Result<(), Journ
             witness: witness.source,
         }),
     }
+}
+
+/// The upgrade step of the marks table (issue 17 item 6): a store sealed FINAL months before
+/// `ledger_marks` existed has seals without marks, which `ledger verify` would report one by
+/// one. While the marks chain is empty, the writer adopts them (`marks::adopt_seals`), under the
+/// journal lock and in one transaction, so on a shared store exactly one instance does it. Once
+/// any mark exists this does nothing, and a seal without a mark stays a reported finding.
+fn adopt_unmarked_seals(conn: &Conn, now_ms: i64) -> Result<(), JournalError> {
+    let unavailable = |e: DbError| {
+        JournalError::Unavailable(format!(
+            "cannot record the FINAL seals made before ledger marks existed: {e}"
+        ))
+    };
+    // Cheap check without the lock: nearly every start has marks, or no seals.
+    let pending: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM final_months WHERE NOT EXISTS (SELECT 1 FROM ledger_marks) LIMIT 1",
+            params![],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(unavailable)?;
+    if pending.is_none() {
+        return Ok(());
+    }
+    let tx = conn.transaction(Behavior::Journal).map_err(unavailable)?;
+    let ledger = ledger::head(&tx)?;
+    let adopted = marks::adopt_seals(&tx, now_ms, ledger).map_err(unavailable)?;
+    tx.commit().map_err(unavailable)?;
+    if adopted > 0 {
+        tracing::info!(
+            adopted,
+            "adopted the FINAL seals made before ledger marks existed; `tollgate ledger verify` notes them"
+        );
+    }
+    Ok(())
 }

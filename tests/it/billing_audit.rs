@@ -471,6 +471,85 @@ async fn m6_m7_a_deleted_final_seal_is_reported_by_ledger_verify() {
     );
 }
 
+/// A store upgraded from before `ledger_marks` has FINAL seals and no marks: the writer adopts
+/// them when it opens, so `ledger verify` passes and notes them. Once marks exist, a seal row
+/// without one is still reported after a restart (nothing more is adopted). The deletion of a
+/// seal's row while its mark exists is covered by
+/// `m6_m7_a_deleted_final_seal_is_reported_by_ledger_verify`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m6_m7_seals_made_before_ledger_marks_are_adopted_at_upgrade_not_reported() {
+    let upstream = Upstream::start().await;
+    let mut gw = TestGateway::builder(&upstream.url())
+        .tweak(|c| c.policies.watch = false)
+        .start()
+        .await;
+    let month = future_month(gw.clock.now());
+    gw.clock.set(at(month, 5, 9));
+    let solo = gw.account("solo").await;
+    let r = solo.client.get("/svc/storage/objects").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    gw.clock.set(at(month.next().unwrap(), 10, 9));
+    let solo = gw.relogin(&solo).await;
+    let r = solo
+        .client
+        .send(
+            http::Method::POST,
+            &format!("/billing/bills/{month}/finalize"),
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let db = TestDb(gw.database());
+    gw.shutdown().await;
+
+    // The store as it was before the marks table: the seal's row, no marks.
+    let emptied = db.execute("DELETE FROM ledger_marks", params![]).unwrap();
+    assert_eq!(emptied, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &gw.data_dir, &upstream.url());
+    let unrecorded = format!(
+        "`final_months` seals the {month} bill of payer {}, but no ledger mark records that seal",
+        solo.id
+    );
+    let (code, out, err) = tollgate(&["ledger", "verify"], &config);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains(&unrecorded), "{out}");
+
+    // The upgraded gateway adopts the seal when its writer opens the store.
+    let (child, _) = serve(&config).expect("the gateway starts on the upgraded store");
+    stop(child);
+    let (code, out, err) = tollgate(&["ledger", "verify"], &config);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "note: the FINAL seal of the {month} bill of payer {} predates ledger marks; the gateway adopted it",
+            solo.id
+        )),
+        "{out}"
+    );
+    assert!(out.contains("1 ledger marks checked"), "{out}");
+
+    // With a mark in the chain nothing more is adopted: a seal row no mark records (written
+    // outside tollgate) is reported, also after a restart.
+    db.execute(
+        "INSERT INTO final_months (payer_account_id, month, finalized_at, content_hash, through_seq)
+         VALUES (?1, ?2, 0, 'forged', 1)",
+        params!["111111111111", month.to_string()],
+    )
+    .unwrap();
+    let (child, _) = serve(&config).expect("the gateway starts");
+    stop(child);
+    let (code, out, _) = tollgate(&["ledger", "verify"], &config);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "`final_months` seals the {month} bill of payer 111111111111, but no ledger mark records that seal"
+        )),
+        "{out}"
+    );
+}
+
 // === M6: a sealed bill never depends on another payer's open month ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
