@@ -18,6 +18,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod debounce;
 pub mod demo;
 pub mod ids;
 pub mod journal;

@@ -275,13 +275,8 @@ impl PolicyStore {
             .name("tollgate-policy-watch".to_owned())
             .spawn(move || {
                 while rx.recv().is_ok() {
-                    // Debounce: wait until no event arrived for WATCH_DEBOUNCE.
-                    loop {
-                        match rx.recv_timeout(WATCH_DEBOUNCE) {
-                            Ok(()) => continue,
-                            Err(mpsc::RecvTimeoutError::Timeout) => break,
-                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                        }
+                    if !crate::debounce::settled(&rx, WATCH_DEBOUNCE) {
+                        return;
                     }
                     let Some(store) = store.upgrade() else { return };
                     // Errors are recorded in the store and logged by `reload`.

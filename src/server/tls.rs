@@ -150,12 +150,8 @@ impl EdgeTls {
             .name("tollgate-tls-watch".to_owned())
             .spawn(move || {
                 while rx.recv().is_ok() {
-                    loop {
-                        match rx.recv_timeout(WATCH_DEBOUNCE) {
-                            Ok(()) => continue,
-                            Err(mpsc::RecvTimeoutError::Timeout) => break,
-                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                        }
+                    if !crate::debounce::settled(&rx, WATCH_DEBOUNCE) {
+                        return;
                     }
                     let Some(tls) = tls.upgrade() else { return };
                     // Logged and recorded by `reload`.

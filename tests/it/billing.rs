@@ -70,7 +70,7 @@ pub(crate) fn tiers(first: u64, p1: &str, p2: &str) -> RoutePrice {
     .unwrap()
 }
 
-fn per_request(p: &str) -> RoutePrice {
+pub(crate) fn per_request(p: &str) -> RoutePrice {
     RoutePrice::parse(&RawRoutePrice {
         per_request: Some(p),
         ..RawRoutePrice::default()

@@ -9,10 +9,10 @@ use http::{Method, StatusCode};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tollgate::billing::BillingMonth;
-use tollgate::billing::{RawPriceTier, RawRoutePrice, RoutePrice};
+use tollgate::billing::{RawRoutePrice, RoutePrice};
 use tollgate::config::Config;
 
-use crate::billing::{at, future_month};
+use crate::billing::{at, future_month, per_request as flat, tiers as tiered};
 use crate::support::gateway::copy_policies;
 use crate::support::{Account, TestGateway, Upstream};
 
@@ -33,31 +33,6 @@ fn set_price(c: &mut Config, action: &str, p: RoutePrice) {
         found = true;
     }
     assert!(found, "no route {action}");
-}
-
-fn tiered(first: u64, p1: &str, p2: &str) -> RoutePrice {
-    RoutePrice::parse(&RawRoutePrice {
-        per_request_tiers: Some(vec![
-            RawPriceTier {
-                up_to: Some(first),
-                price: p1,
-            },
-            RawPriceTier {
-                up_to: None,
-                price: p2,
-            },
-        ]),
-        ..RawRoutePrice::default()
-    })
-    .unwrap()
-}
-
-fn flat(p: &str) -> RoutePrice {
-    RoutePrice::parse(&RawRoutePrice {
-        per_request: Some(p),
-        ..RawRoutePrice::default()
-    })
-    .unwrap()
 }
 
 /// A data dir that outlives the gateways started on it.
