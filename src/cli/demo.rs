@@ -23,6 +23,10 @@ pub struct DemoArgs {
     /// Start over: delete the demo's data first.
     #[arg(long)]
     pub fresh: bool,
+    /// Start from this operator config instead of the embedded default (to try other limits or
+    /// prices on the demo world); the demo still sets the listen address, data dir and policy dir.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,12 +64,21 @@ pub fn run(args: DemoArgs) -> u8 {
         eprintln!("tollgate: cannot remove `{}`: {e}", args.data_dir.display());
         return exit::SOFTWARE;
     }
-    let mut config = match Config::embedded_default() {
-        Ok(c) => c,
-        Err(problems) => {
-            eprintln!("tollgate: the embedded config is invalid: {problems:?}");
-            return exit::SOFTWARE;
-        }
+    let mut config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("tollgate: {e}");
+                return exit::USAGE;
+            }
+        },
+        None => match Config::embedded_default() {
+            Ok(c) => c,
+            Err(problems) => {
+                eprintln!("tollgate: the embedded config is invalid: {problems:?}");
+                return exit::SOFTWARE;
+            }
+        },
     };
     config.server.listen = args.listen;
     config.store.data_dir = args.data_dir.clone();
