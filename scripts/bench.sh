@@ -7,6 +7,8 @@
 #   wrk -> tollgate /svc/storage/... -> upstream  (full pipeline: token, principal, Cedar,
 #                                           decision log, ledger record durable, forward)
 #   wrk -> tollgate-pg (the same, stored on PostgreSQL: a fleet's store, SPEC O3)
+#   wrk -> nginx-tls / tollgate-tls: the same two over HTTPS on one certificate (SPEC O4), so
+#          the TLS cost is on record beside nginx's `ssl`
 #
 # Usage: scripts/bench.sh [ROUNDS] [SECONDS]      (default 3 rounds of 10 s per target)
 # Env:   BENCH_LOGIN_FLOOD=0 skips the login-flood round; BENCH_KEEP=1 keeps the temp dir;
@@ -14,7 +16,7 @@
 #        CARGO_TARGET_DIR is honoured (default: target/).
 #        BENCH_PG_URL names the PostgreSQL server for tollgate-pg (default the local one,
 #        postgres://postgres@127.0.0.1:5432/test; a database of its own is created and dropped);
-#        BENCH_PG=0 skips it.
+#        BENCH_PG=0 skips it. BENCH_TLS=0 skips the HTTPS pair.
 #
 # Rounds alternate the targets (direct, nginx, tollgate, direct, ...) so a neighbour's
 # compile hurts them all alike; the report gives medians. Gateway CPU per request comes from
@@ -28,6 +30,8 @@ UP_PORT=18081
 NGINX_PORT=18082
 GW_PORT=18080
 PG_PORT=18083
+NGINX_TLS_PORT=18084
+TLS_PORT=18085
 PG_URL=${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432/test}
 PG_DB=tollgate_bench_$$
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -64,9 +68,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_http() { # url
+wait_http() { # url [curl args]
     for _ in $(seq 1 100); do
-        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        curl -fsS -o /dev/null "$@" 2>/dev/null && return 0
         sleep 0.1
     done
     echo "not answering: $1" >&2
@@ -78,8 +82,31 @@ wait_http() { # url
 PIDS+=($!)
 wait_http "http://127.0.0.1:$UP_PORT/"
 
+# --- one certificate for both HTTPS targets (P-256, as a typical edge certificate) -------------
+WITH_TLS=0
+if [ "${BENCH_TLS:-1}" = 1 ] && need openssl; then
+    WITH_TLS=1
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+fi
+
 # --- nginx: plain proxy_pass with upstream keepalive ---------------------------------------
 mkdir -p "$WORK/nginx"
+NGINX_TLS_SERVER=""
+if [ "$WITH_TLS" = 1 ]; then
+    NGINX_TLS_SERVER="server {
+        listen 127.0.0.1:$NGINX_TLS_PORT ssl;
+        ssl_certificate $WORK/tls.crt;
+        ssl_certificate_key $WORK/tls.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+    }"
+fi
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes auto;
 pid $WORK/nginx.pid;
@@ -101,10 +128,12 @@ http {
             proxy_set_header Connection "";
         }
     }
+    $NGINX_TLS_SERVER
 }
 EOF
 "$NGINX" -c "$WORK/nginx.conf" -p "$WORK/nginx"
 wait_http "http://127.0.0.1:$NGINX_PORT/"
+[ "$WITH_TLS" = 1 ] && wait_http "https://127.0.0.1:$NGINX_TLS_PORT/" --cacert "$WORK/tls.crt"
 
 # --- tollgate with a temp data dir and the shipped policies --------------------------------
 cp -r "$ROOT/policies" "$WORK/policies"
@@ -176,6 +205,29 @@ else
     echo "# tollgate-pg skipped (BENCH_PG=0, no psql, or no PostgreSQL at $PG_URL)" >&2
 fi
 
+# --- the same gateway over HTTPS ([server.tls], SPEC O4), with a data dir of its own ---------
+if [ "$WITH_TLS" = 1 ]; then
+    sed -e "s|^listen = .*|listen = \"127.0.0.1:$TLS_PORT\"|" \
+        -e "s|^data_dir = .*|data_dir = \"$WORK/data-tls\"|" \
+        -e "s|^\\[store\\]|[server.tls]\ncert = \"$WORK/tls.crt\"\nkey = \"$WORK/tls.key\"\n[store]|" \
+        "$WORK/tollgate.toml" >"$WORK/tollgate-tls.toml"
+    TOLLGATE_LOG=warn "$TOLLGATE" serve --config "$WORK/tollgate-tls.toml" >"$WORK/tollgate-tls.log" 2>&1 &
+    TLS_PID=$!
+    PIDS+=($TLS_PID)
+    TLS_GW=https://localhost:$TLS_PORT
+    wait_http "$TLS_GW/healthz" --cacert "$WORK/tls.crt"
+    TLS_ACCOUNT=$(curl -fsS --cacert "$WORK/tls.crt" -X POST -H 'content-type: application/json' \
+        -d "{\"name\":\"bench\",\"email\":\"bench@example.com\",\"owner_user\":\"owner\",\"owner_password\":\"$PASSWORD\"}" \
+        "$TLS_GW/accounts" | json_field account_id)
+    TOKEN_TLS=$(curl -fsS --cacert "$WORK/tls.crt" -X POST -H 'content-type: application/json' \
+        -d "{\"account_id\":\"$TLS_ACCOUNT\",\"user\":\"owner\",\"password\":\"$PASSWORD\"}" \
+        "$TLS_GW/auth/login" | json_field token)
+    code=$(curl -s --cacert "$WORK/tls.crt" -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN_TLS" "$TLS_GW$SVC_PATH")
+    [ "$code" = 200 ] || { echo "tollgate-tls answered $code on $SVC_PATH" >&2; cat "$WORK/tollgate-tls.log" >&2; exit 1; }
+else
+    echo "# HTTPS pair skipped (BENCH_TLS=0 or no openssl)" >&2
+fi
+
 # --- helpers ------------------------------------------------------------------------------
 cat >"$WORK/paced.lua" <<'EOF'
 -- Each connection waits PACE_MS after every response: a fixed, moderate offered rate.
@@ -230,6 +282,8 @@ DIRECT=http://127.0.0.1:$UP_PORT/objects/bench
 VIA_NGINX=http://127.0.0.1:$NGINX_PORT/objects/bench
 VIA_GW=http://127.0.0.1:$GW_PORT$SVC_PATH
 VIA_PG=http://127.0.0.1:$PG_PORT$SVC_PATH
+VIA_NGINX_TLS=https://127.0.0.1:$NGINX_TLS_PORT/objects/bench
+VIA_TLS=https://127.0.0.1:$TLS_PORT$SVC_PATH
 
 echo "# max rate: $ROUNDS alternating rounds of ${SECS}s, wrk -t1 -c$CONNS" >&2
 echo "# name req/s p50us p99us proxyCPUus/req non2xx" >&2
@@ -244,6 +298,10 @@ for r in $(seq 1 "$ROUNDS"); do
     metrics | grep '^tollgate_ledger_write_duration_seconds_bucket' >>"$WORK/ledger_after.txt"
     if [ "$WITH_PG" = 1 ]; then
         TOKEN=$TOKEN_PG run_wrk tollgate-pg "$VIA_PG" "$PG_PID $(pgrep -d' ' -x postgres || true)"
+    fi
+    if [ "$WITH_TLS" = 1 ]; then
+        run_wrk nginx-tls "$VIA_NGINX_TLS" "$(nginx_pids)"
+        TOKEN=$TOKEN_TLS run_wrk tollgate-tls "$VIA_TLS" "$TLS_PID"
     fi
 done
 # Ledger ack p99 during the max-rate tollgate rounds: the histogram's delta over those rounds,
@@ -297,7 +355,7 @@ done | awk -v hz="$HZ" '{u[$1] += $2; s[$1] += $3} END { for (n in u) printf "%s
     echo
     echo "| target | req/s | x nginx | p50 us | p99 us | proxy CPU us/req | non-2xx |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
-    for n in direct nginx tollgate tollgate-pg paced-nginx paced-tollgate flood-tollgate; do
+    for n in direct nginx tollgate tollgate-pg nginx-tls tollgate-tls paced-nginx paced-tollgate flood-tollgate; do
         grep -q "^$n " "$RESULTS" || continue
         rps=$(col "$n" 2)
         printf "| %s | %.0f | %.2f | %s | %s | %s | %s |\n" "$n" "$rps" \
@@ -311,6 +369,9 @@ done | awk -v hz="$HZ" '{u[$1] += $2; s[$1] += $3} END { for (n in u) printf "%s
     echo "- fixed-rate p99 added over nginx: $(awk -v a="$p99t" -v b="$p99n" 'BEGIN { printf "%.0f", a - b }') us (goal <= 500 us)"
     if grep -q '^flood-tollgate ' "$RESULTS"; then
         echo "- login flood: fixed-rate p99 $(col flood-tollgate 4) us vs $p99t us without: $(awk -v a="$(col flood-tollgate 4)" -v b="$p99t" 'BEGIN { printf "%.2f", a / b }')x (goal <= 2x)"
+    fi
+    if grep -q '^tollgate-tls ' "$RESULTS"; then
+        echo "- HTTPS: tollgate-tls / nginx-tls $(awk -v a="$(col tollgate-tls 2)" -v b="$(col nginx-tls 2)" 'BEGIN { printf "%.2f", a / b }')x; TLS adds $(awk -v a="$(col tollgate-tls 5)" -v b="$(col tollgate 5)" 'BEGIN { printf "%.1f", a - b }') us of gateway CPU per call (nginx: $(awk -v a="$(col nginx-tls 5)" -v b="$(col nginx 5)" 'BEGIN { printf "%.1f", a - b }') us)"
     fi
     echo "- gateway peak RSS: $((RSS_KB / 1024)) MiB"
     echo "- gateway CPU by thread: $THREADS"

@@ -66,6 +66,8 @@ pub enum StartupError {
     Policies { dir: String, failure: LoadFailure },
     #[error("invalid [server.tls]: {0}")]
     Tls(#[from] crate::server::tls::TlsError),
+    #[error("invalid TLS to an upstream: {0}")]
+    UpstreamTls(#[from] crate::upstream::UpstreamTlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -164,13 +166,14 @@ impl App {
             Some(t) => Some(crate::server::tls::EdgeTls::load(t.clone())?),
             None => None,
         };
+        let upstreams = Upstreams::new(&config.services)?;
         let app = App {
             tls,
             config,
             clock,
             store: store.clone(),
             routes,
-            upstreams: Upstreams::new(),
+            upstreams,
             metrics,
             hasher,
             deny_throttle,

@@ -158,8 +158,20 @@ pub struct ServiceConfig {
     /// Routing and Cedar see the path with ASCII letters folded to lower case; the upstream
     /// still gets the canonical path as sent (F1). Off by default.
     pub case_insensitive_paths: bool,
+    /// How to reach an `https://` upstream; `None` for `http://` (O4).
+    pub tls: Option<UpstreamTlsConfig>,
     pub routes: Vec<RouteConfig>,
     pub plans: Vec<PlanConfig>,
+}
+
+/// A service's TLS to its `https://` upstream (O4): whom to trust, and what to present.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTlsConfig {
+    /// PEM CA certificates the upstream's chain must end in; the system roots when `None`.
+    pub ca_file: Option<PathBuf>,
+    /// A PEM certificate chain and key the gateway presents (mutual TLS), both or neither.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -661,6 +673,7 @@ fn service(key: &str, s: RawService, p: &mut Problems) -> ServiceConfig {
             http::Uri::default()
         }
     };
+    let tls = upstream_tls(key, &upstream, (s.ca_file, s.client_cert, s.client_key), p);
     let timeout = p.duration(
         &format!("{key}.timeout"),
         s.timeout.as_deref(),
@@ -717,9 +730,52 @@ fn service(key: &str, s: RawService, p: &mut Problems) -> ServiceConfig {
         signup_required: s.signup_required.unwrap_or(false),
         allow_path_params: s.allow_path_params.unwrap_or(false),
         case_insensitive_paths: s.case_insensitive_paths.unwrap_or(false),
+        tls,
         routes,
         plans,
     }
+}
+
+/// `ca_file`, `client_cert` and `client_key` of a service: only for an `https://` upstream, and
+/// the client pair both or neither. The files are read when the gateway builds its clients.
+fn upstream_tls(
+    key: &str,
+    upstream: &http::Uri,
+    (ca_file, client_cert, client_key): (Option<String>, Option<String>, Option<String>),
+    p: &mut Problems,
+) -> Option<UpstreamTlsConfig> {
+    let tls = UpstreamTlsConfig {
+        ca_file: ca_file.map(PathBuf::from),
+        client_cert: client_cert.map(PathBuf::from),
+        client_key: client_key.map(PathBuf::from),
+    };
+    if upstream.scheme_str() != Some("https") {
+        for (name, set) in [
+            ("ca_file", tls.ca_file.is_some()),
+            ("client_cert", tls.client_cert.is_some()),
+            ("client_key", tls.client_key.is_some()),
+        ] {
+            if set {
+                p.push(
+                    &format!("{key}.{name}"),
+                    "applies only to an `https://` upstream; change the upstream's scheme or remove this key",
+                );
+            }
+        }
+        return None;
+    }
+    match (&tls.client_cert, &tls.client_key) {
+        (Some(_), None) => p.push(
+            &format!("{key}.client_key"),
+            "`client_cert` needs its `client_key` (PEM) for mutual TLS",
+        ),
+        (None, Some(_)) => p.push(
+            &format!("{key}.client_cert"),
+            "`client_key` needs its `client_cert` (PEM chain) for mutual TLS",
+        ),
+        _ => {}
+    }
+    Some(tls)
 }
 
 fn route(key: &str, service: &str, r: RawRoute, p: &mut Problems) -> RouteConfig {
@@ -922,16 +978,14 @@ fn check_route_pattern(path: &str) -> Result<(), String> {
 
 fn parse_upstream(v: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = v.parse().map_err(|_| format!("`{v}` is not a URL"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(
-            "expected an `http://host:port` URL (TLS to upstreams is not supported yet)".into(),
-        );
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err("expected an `http://host:port` or `https://host:port` URL".into());
     }
     if uri.authority().is_none() {
         return Err("expected a host, like `http://127.0.0.1:9101`".into());
     }
     if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
-        return Err("expected no path or query, only `http://host:port`".into());
+        return Err("expected no path or query, only `http(s)://host:port`".into());
     }
     Ok(uri)
 }

@@ -11,6 +11,7 @@
 //! The walkthrough it prints is also written to `<data>/walkthrough.sh`, which checks every
 //! step's status code, so CI can run it against the demo.
 
+pub mod tls;
 pub mod upstreams;
 
 use std::fmt::Write as _;
@@ -310,7 +311,14 @@ fn demo_password() -> String {
 }
 
 /// The walkthrough as a bash script: each step prints what it shows and checks the status.
-pub fn walkthrough(world: &DemoWorld, gateway: &str, tollgate: &str, month: &str) -> String {
+/// The walkthrough script against `gateway`; with `cacert` (`demo --tls`), curl trusts that CA.
+pub fn walkthrough(
+    world: &DemoWorld,
+    gateway: &str,
+    cacert: Option<&Path>,
+    tollgate: &str,
+    month: &str,
+) -> String {
     let mut s = String::new();
     let p = &world.payer;
     let m = &world.created_member;
@@ -323,6 +331,9 @@ pub fn walkthrough(world: &DemoWorld, gateway: &str, tollgate: &str, month: &str
 set -euo pipefail
 GW="${{GW:-{gateway}}}"
 TOLLGATE="${{TOLLGATE:-{tollgate}}}"
+# With `tollgate demo --tls`, curl trusts the demo's own CA.
+CACERT="${{CACERT:-{cacert}}}"
+curl() {{ if [ -n "$CACERT" ]; then command curl --cacert "$CACERT" "$@"; else command curl "$@"; fi; }}
 step() {{ printf '\n\033[1m== %s\033[0m\n' "$*"; }}
 # call EXPECTED-STATUS curl-args...: prints the body and fails if the status differs.
 call() {{
@@ -394,6 +405,7 @@ step "Done: every call above was authenticated, decided by Cedar, forwarded and 
         i_id = i.account_id,
         i_user = i.admin.user,
         i_pw = i.admin.password,
+        cacert = cacert.map(|p| p.display().to_string()).unwrap_or_default(),
     );
     s
 }

@@ -3,13 +3,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::app::App;
 use crate::auth::{TotpSecret, totp};
 use crate::cli::exit;
 use crate::cli::serve::{say, shutdown_signal};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, TlsConfig};
 use crate::demo::{self, upstreams};
 
 #[derive(Debug, clap::Args)]
@@ -27,6 +28,10 @@ pub struct DemoArgs {
     /// prices on the demo world); the demo still sets the listen address, data dir and policy dir.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Speak HTTPS (and HTTP/2) instead of plain HTTP: a demo CA and a server pair it signed are
+    /// made in `<data-dir>/tls/` on first start; `curl --cacert <data-dir>/tls/ca.pem` trusts it.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +92,25 @@ pub fn run(args: DemoArgs) -> u8 {
         eprintln!("tollgate: {e}");
         return exit::SOFTWARE;
     }
+    let demo_tls = if args.tls {
+        match demo::tls::ensure_pair(&args.data_dir.join("tls"), args.listen.ip()) {
+            Ok(tls) => {
+                config.server.tls = Some(TlsConfig {
+                    cert: tls.cert.clone(),
+                    key: tls.key.clone(),
+                    client_ca: None,
+                    handshake_timeout: Duration::from_secs(10),
+                });
+                Some(tls)
+            }
+            Err(e) => {
+                eprintln!("tollgate: {e}");
+                return exit::SOFTWARE;
+            }
+        }
+    } else {
+        None
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -165,12 +189,17 @@ pub fn run(args: DemoArgs) -> u8 {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| app.config.server.listen.to_string());
-        let gateway = format!("http://{addr}");
+        let gateway = match (&demo_tls, listener.local_addr()) {
+            // The demo certificate names `localhost`: the URL a client checks it against.
+            (Some(_), Ok(a)) if a.ip().is_loopback() => format!("https://localhost:{}", a.port()),
+            (Some(_), _) => format!("https://{addr}"),
+            (None, _) => format!("http://{addr}"),
+        };
         let exe = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "tollgate".to_owned());
         let month = app.clock.now().format("%Y-%m").to_string();
-        let script = demo::walkthrough(&world, &gateway, &exe, &month)
+        let script = demo::walkthrough(&world, &gateway, demo_tls.as_ref().map(|t| t.ca.as_path()), &exe, &month)
             .replace("<data>", &app.config.store.data_dir.display().to_string());
         let script_path = app.config.store.data_dir.join("walkthrough.sh");
         // 0600 like the rest of the data dir: it holds the payer's password and TOTP secret.
@@ -178,6 +207,12 @@ pub fn run(args: DemoArgs) -> u8 {
             eprintln!("tollgate: {e}");
         }
         say(&format!("tollgate: listening on {gateway}"));
+        if let Some(tls) = &demo_tls {
+            say(&format!(
+                "tollgate demo: TLS with a demo CA; trust it with: curl --cacert {} {gateway}/healthz",
+                tls.ca.display()
+            ));
+        }
         say(&format!("tollgate demo: services {}", services.join(", ")));
         say(&format!(
             "tollgate demo: data in {}, policies in {} (version {})",

@@ -114,6 +114,9 @@ pub struct RawService {
     pub signup_required: Option<bool>,
     pub allow_path_params: Option<bool>,
     pub case_insensitive_paths: Option<bool>,
+    pub ca_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
     pub routes: Vec<RawRoute>,
     pub plans: Vec<RawPlan>,
 }

@@ -104,8 +104,8 @@ fn route_patterns_and_actions_are_checked() {
 }
 
 #[test]
-fn upstream_must_be_plain_http_host() {
-    for bad in ["https://x:1", "http://x:1/path", "nope"] {
+fn upstream_must_be_an_http_or_https_host() {
+    for bad in ["ftp://x:1", "http://x:1/path", "https://x:1/?q", "nope"] {
         let text = MINIMAL.replace("http://127.0.0.1:9101", bad);
         assert_eq!(
             keys(&problems(&text)),
@@ -113,6 +113,31 @@ fn upstream_must_be_plain_http_host() {
             "{bad}"
         );
     }
+}
+
+/// O4: `https://` upstreams take `ca_file` and a client pair; plain ones take neither.
+#[test]
+fn upstream_tls_keys_need_https_and_a_whole_client_pair() {
+    let https = MINIMAL.replace("http://127.0.0.1:9101", "https://localhost:9101");
+    let with = |text: &str, keys_toml: &str| {
+        text.replacen("upstream = ", &format!("{keys_toml}\nupstream = "), 1)
+    };
+    let ok = with(
+        &https,
+        "ca_file = \"ca.pem\"\nclient_cert = \"c.pem\"\nclient_key = \"k.pem\"",
+    );
+    let config = Config::parse(&ok).unwrap_or_else(|p| panic!("{p:?}"));
+    let tls = config.services[0]
+        .tls
+        .clone()
+        .expect("https upstream has TLS");
+    assert_eq!(tls.ca_file, Some(PathBuf::from("ca.pem")));
+
+    let plain = with(MINIMAL, "ca_file = \"ca.pem\"");
+    assert_eq!(keys(&problems(&plain)), vec!["services[0].ca_file"]);
+
+    let half = with(&https, "client_cert = \"c.pem\"");
+    assert_eq!(keys(&problems(&half)), vec!["services[0].client_key"]);
 }
 
 #[test]

@@ -204,7 +204,7 @@ fn build(config: &TlsConfig) -> Result<ServerConfig, TlsError> {
     Ok(server)
 }
 
-fn read_pair(
+pub(crate) fn read_pair(
     cert: &Path,
     key: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
@@ -217,7 +217,7 @@ fn read_pair(
     Ok((certs, key))
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = read(path)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .filter_map(Result::ok)

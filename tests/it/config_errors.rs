@@ -210,3 +210,33 @@ fn m3_one_action_on_two_routes_with_different_prices_is_refused_naming_both() {
     );
     assert!(tollgate::config::Config::parse(&same).is_ok());
 }
+
+#[test]
+fn o4_upstream_tls_keys_on_a_plain_upstream_or_half_a_client_pair_are_named() {
+    assert_rejected(
+        &GOOD.replace(
+            "upstream = \"http://127.0.0.1:9101\"",
+            "upstream = \"http://127.0.0.1:9101\"\nca_file = \"ca.pem\"",
+        ),
+        &["ca_file", "https://"],
+    );
+    assert_rejected(
+        &GOOD.replace(
+            "upstream = \"http://127.0.0.1:9101\"",
+            "upstream = \"https://127.0.0.1:9101\"\nclient_cert = \"gw.crt\"",
+        ),
+        &["client_key", "mutual TLS"],
+    );
+}
+
+#[test]
+fn o4_an_unreadable_upstream_ca_file_stops_the_start_naming_service_and_file() {
+    let policies = format!("dir = \"{}/policies\"", env!("CARGO_MANIFEST_DIR"));
+    let (code, stderr) = run_with(&GOOD.replace("dir = \"policies\"", &policies).replace(
+        "upstream = \"http://127.0.0.1:9101\"",
+        "upstream = \"https://127.0.0.1:9101\"\nca_file = \"missing-ca.pem\"",
+    ));
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("missing-ca.pem"), "{stderr}");
+    assert!(stderr.contains("service `"), "{stderr}");
+}

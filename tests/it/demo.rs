@@ -21,11 +21,16 @@ impl Drop for Demo {
 }
 
 fn start_demo(cwd: &std::path::Path, fresh: bool) -> Demo {
+    start_demo_with(cwd, if fresh { &["--fresh"] } else { &[] }).0
+}
+
+/// Starts the demo with `extra` arguments; returns it and every line it printed up to the
+/// listening line.
+fn start_demo_with(cwd: &std::path::Path, extra: &[&str]) -> (Demo, Vec<String>) {
     let mut command = Command::new(binary());
-    command.args(["demo", "--listen", "127.0.0.1:0"]);
-    if fresh {
-        command.arg("--fresh");
-    }
+    command
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .args(extra);
     let mut child = command
         .current_dir(cwd)
         .stdout(Stdio::piped())
@@ -36,15 +41,24 @@ fn start_demo(cwd: &std::path::Path, fresh: bool) -> Demo {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("tollgate: listening on ") {
-                let _ = tx.send(url.to_owned());
-            }
+            let _ = tx.send(line);
         }
     });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the demo prints where it listens");
-    Demo { child, url }
+    let mut lines = Vec::new();
+    let url = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the demo prints where it listens");
+        lines.push(line.clone());
+        if let Some(url) = line.strip_prefix("tollgate: listening on ") {
+            break url.to_owned();
+        }
+    };
+    // The lines right after the address (the TLS hint among them).
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+        lines.push(line);
+    }
+    (Demo { child, url }, lines)
 }
 
 fn run_walkthrough(cwd: &std::path::Path, url: &str) -> std::process::Output {
@@ -144,5 +158,49 @@ fn o1_the_demo_walkthrough_is_readable_by_its_owner_only() {
         mode(&script),
         0o600,
         "a restart narrows an older, wider file"
+    );
+}
+
+/// Issue 20 item 1 (SPEC O4): `tollgate demo --tls` makes its own CA and pair, listens on
+/// HTTPS, prints the `curl --cacert` line that works, and its walkthrough runs over TLS.
+#[test]
+fn o4_the_demo_with_tls_prints_a_curl_cacert_line_that_works() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (demo, lines) = start_demo_with(dir.path(), &["--fresh", "--tls"]);
+    assert!(demo.url.starts_with("https://localhost:"), "{}", demo.url);
+    let hint = lines
+        .iter()
+        .find_map(|l| {
+            l.split_once("trust it with: ")
+                .map(|(_, cmd)| cmd.to_owned())
+        })
+        .unwrap_or_else(|| panic!("no curl --cacert line in:\n{}", lines.join("\n")));
+    assert!(hint.starts_with("curl --cacert "), "{hint}");
+    let output = Command::new("bash")
+        .args(["-c", &format!("{hint} -sS")])
+        .current_dir(dir.path())
+        .output()
+        .expect("run curl");
+    let body = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && body.contains("\"ok\""),
+        "{body}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Without the CA, curl refuses the demo's certificate: it is not a public one.
+    let refused = Command::new("curl")
+        .args(["-sS", &format!("{}/healthz", demo.url)])
+        .output()
+        .expect("run curl");
+    assert!(
+        !refused.status.success(),
+        "curl trusted the demo CA unasked"
+    );
+    let output = run_walkthrough(dir.path(), &demo.url);
+    assert!(
+        output.status.success(),
+        "walkthrough over TLS failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
 }

@@ -29,6 +29,7 @@ mod policies;
 mod pricebook;
 mod services;
 mod tls;
+mod upstream_tls;
 
 /// O3: the whole behavioural suite again, every gateway on PostgreSQL. Runs this test binary
 /// once more with `TOLLGATE_TEST_STORE=postgres`, in a fresh database created on the server of

@@ -22,12 +22,12 @@ use tollgate::params;
 use crate::support::{TestGateway, Upstream};
 
 /// A test CA that signs server and client certificates.
-struct Pki {
+pub(crate) struct Pki {
     ca: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Pki {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -37,16 +37,16 @@ impl Pki {
         Self { ca }
     }
 
-    fn ca_pem(&self) -> String {
+    pub(crate) fn ca_pem(&self) -> String {
         self.ca.pem()
     }
 
-    fn ca_der(&self) -> CertificateDer<'static> {
+    pub(crate) fn ca_der(&self) -> CertificateDer<'static> {
         self.ca.der().clone()
     }
 
     /// A certificate for `localhost` and 127.0.0.1: (cert PEM, key PEM, cert DER).
-    fn leaf(&self) -> (String, String, CertificateDer<'static>) {
+    pub(crate) fn leaf(&self) -> (String, String, CertificateDer<'static>) {
         let params =
             CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
         let key = KeyPair::generate().unwrap();
