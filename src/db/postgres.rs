@@ -65,6 +65,11 @@ pub struct Manager {
     connector: Connector,
 }
 
+/// A failed connection, shown with its causes: the pool keeps only the text of the last one,
+/// and "error performing TLS handshake" alone does not say which certificate was refused.
+#[derive(Debug)]
+pub struct ConnectError(::postgres::Error);
+
 /// One pooled connection and its statement cache. The client is `None` only while dropping.
 pub struct PgConn {
     client: Option<Client>,
@@ -180,8 +185,8 @@ impl Connector {
     }
 
     /// A new connection, encrypted and checked as `sslmode` says.
-    pub fn connect(&self) -> Result<Client, ::postgres::Error> {
-        self.config.connect(self.tls.clone())
+    pub fn connect(&self) -> Result<Client, ConnectError> {
+        self.config.connect(self.tls.clone()).map_err(ConnectError)
     }
 }
 
@@ -195,6 +200,28 @@ impl std::fmt::Debug for Connector {
     }
 }
 
+// === impl ConnectError ===
+
+impl From<::postgres::Error> for ConnectError {
+    fn from(e: ::postgres::Error) -> Self {
+        Self(e)
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl Error for ConnectError {}
+
 fn tls_error(e: tls::PgTlsError) -> DbError {
     DbError::Unavailable(e.to_string())
 }
@@ -203,9 +230,9 @@ fn tls_error(e: tls::PgTlsError) -> DbError {
 
 impl r2d2::ManageConnection for Manager {
     type Connection = PgConn;
-    type Error = ::postgres::Error;
+    type Error = ConnectError;
 
-    fn connect(&self) -> Result<PgConn, ::postgres::Error> {
+    fn connect(&self) -> Result<PgConn, ConnectError> {
         let mut client = self.connector.connect()?;
         // Like SQLite's busy timeout: a lock held elsewhere fails the statement after a while
         // (the call is refused, 503) rather than hanging it.
@@ -219,9 +246,9 @@ impl r2d2::ManageConnection for Manager {
         })
     }
 
-    fn is_valid(&self, conn: &mut PgConn) -> Result<(), ::postgres::Error> {
+    fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
         match conn.client.as_mut() {
-            Some(client) => client.simple_query("").map(|_| ()),
+            Some(client) => client.simple_query("").map(|_| ()).map_err(ConnectError),
             None => Ok(()),
         }
     }
