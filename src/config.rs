@@ -594,6 +594,13 @@ fn postgres_kind(st: &raw::RawStore, p: &mut Problems) -> StoreKind {
                     "the URL carries a password; put it in `password_env` or `password_file` instead",
                 );
             }
+            // `sslmode` and `sslrootcert` (O4): a bad mode or an unreadable root file is a
+            // config error, reported with the rest.
+            let tls = crate::db::postgres::tls::PgTlsSettings::from_url(url)
+                .and_then(|settings| settings.client_config());
+            if let Err(e) = tls {
+                p.push("store.url", &e.to_string());
+            }
             url.to_owned()
         }
         Some(_) => {

@@ -11,6 +11,11 @@
 //! way SQLite's single write lock serializes connections. Advisory locks are per database, so
 //! their keys are derived from the schema the connection works in: deployments in different
 //! schemas of one database do not wait for each other.
+//!
+//! Every connection, pooled or not, is opened by a [`Connector`], which honours the URL's
+//! `sslmode` and `sslrootcert` (SPEC O4, [`tls`]).
+
+pub mod tls;
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -19,9 +24,11 @@ use std::time::Duration;
 
 use ::postgres::fallible_iterator::FallibleIterator;
 use ::postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
-use ::postgres::{Client, Config, NoTls, Statement};
+use ::postgres::{Client, Config, Statement};
 use bytes::BytesMut;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
+use self::tls::{PgTlsSettings, SslMode};
 use super::{Behavior, Conn, ConnInner, DbError, Row, RowInner, ToValue, Value};
 
 /// The advisory lock of [`Behavior::Immediate`] transactions.
@@ -40,13 +47,28 @@ const STATEMENT_CACHE: usize = 512;
 pub struct PgDatabase {
     pool: r2d2::Pool<Manager>,
     describe: String,
+    mode: SslMode,
+}
+
+/// How to reach the server: its settings from the URL and the TLS its `sslmode` asks for.
+/// The one way tollgate opens a PostgreSQL connection.
+#[derive(Clone)]
+pub struct Connector {
+    config: Config,
+    mode: SslMode,
+    tls: MakeRustlsConnect,
 }
 
 /// Opens connections for the pool.
 #[derive(Debug)]
 pub struct Manager {
-    config: Config,
+    connector: Connector,
 }
+
+/// A failed connection, shown with its causes: the pool keeps only the text of the last one,
+/// and "error performing TLS handshake" alone does not say which certificate was refused.
+#[derive(Debug)]
+pub struct ConnectError(::postgres::Error);
 
 /// One pooled connection and its statement cache. The client is `None` only while dropping.
 pub struct PgConn {
@@ -63,28 +85,44 @@ pub(super) type Pooled = r2d2::PooledConnection<Manager>;
 
 impl PgDatabase {
     /// A pool of at most `pool_size` connections to `url`, with `password` if given. Nothing
-    /// connects until the first use.
+    /// connects until the first use, but the URL's TLS settings and root certificates are
+    /// checked now.
     pub fn open(url: &str, password: Option<&str>, pool_size: u32) -> Result<Self, DbError> {
-        let mut config = Config::from_str(url)
-            .map_err(|e| DbError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+        let mut connector = Connector::new(url)?;
         if let Some(password) = password {
-            config.password(password);
+            connector.config.password(password);
         }
-        config.application_name("tollgate");
-        config.connect_timeout(Duration::from_secs(5));
-        let describe = describe(&config);
+        let describe = describe(&connector.config);
+        let mode = connector.mode;
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.max(1))
             .min_idle(Some(0))
             .connection_timeout(Duration::from_secs(5))
-            .build_unchecked(Manager { config });
-        Ok(Self { pool, describe })
+            .build_unchecked(Manager { connector });
+        Ok(Self {
+            pool,
+            describe,
+            mode,
+        })
     }
 
     /// A connection from the pool; it goes back when dropped.
     pub fn connect(&self) -> Result<Conn, DbError> {
         let pooled = self.pool.get().map_err(|e| {
-            DbError::Unavailable(format!("cannot reach PostgreSQL at {}: {e}", self.describe))
+            let e = e.to_string();
+            // A refused certificate says which settings to look at.
+            let hint = if e.contains("TLS") || e.contains("certificate") {
+                format!(
+                    " (with `sslmode={}`: check `sslrootcert` in the URL and the server's certificate)",
+                    self.mode.as_str()
+                )
+            } else {
+                String::new()
+            };
+            DbError::Unavailable(format!(
+                "cannot reach PostgreSQL at {}: {e}{hint}",
+                self.describe
+            ))
         })?;
         Ok(Conn(ConnInner::Postgres(Box::new(
             std::cell::RefCell::new(pooled),
@@ -95,6 +133,18 @@ impl PgDatabase {
     pub fn describe(&self) -> String {
         self.describe.clone()
     }
+}
+
+/// One connection to `url` outside any pool (administration, tests), with the same TLS as the
+/// pool's.
+pub fn client(url: &str) -> Result<Client, DbError> {
+    let connector = Connector::new(url)?;
+    connector.connect().map_err(|e| {
+        DbError::Unavailable(format!(
+            "cannot reach PostgreSQL at {}: {e}",
+            describe(&connector.config)
+        ))
+    })
 }
 
 fn describe(config: &Config) -> String {
@@ -114,14 +164,76 @@ fn describe(config: &Config) -> String {
     )
 }
 
+// === impl Connector ===
+
+impl Connector {
+    /// The settings of `url`, with `sslmode` and `sslrootcert` applied; reads the root
+    /// certificates now.
+    pub fn new(url: &str) -> Result<Self, DbError> {
+        let settings = PgTlsSettings::from_url(url).map_err(tls_error)?;
+        let tls = MakeRustlsConnect::new(settings.client_config().map_err(tls_error)?);
+        let mut config = Config::from_str(settings.url())
+            .map_err(|e| DbError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+        config.ssl_mode(settings.mode().wire());
+        config.application_name("tollgate");
+        config.connect_timeout(Duration::from_secs(5));
+        Ok(Self {
+            config,
+            mode: settings.mode(),
+            tls,
+        })
+    }
+
+    /// A new connection, encrypted and checked as `sslmode` says.
+    pub fn connect(&self) -> Result<Client, ConnectError> {
+        self.config.connect(self.tls.clone()).map_err(ConnectError)
+    }
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the config: it may hold the password.
+        f.debug_struct("Connector")
+            .field("server", &describe(&self.config))
+            .field("sslmode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl ConnectError ===
+
+impl From<::postgres::Error> for ConnectError {
+    fn from(e: ::postgres::Error) -> Self {
+        Self(e)
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl Error for ConnectError {}
+
+fn tls_error(e: tls::PgTlsError) -> DbError {
+    DbError::Unavailable(e.to_string())
+}
+
 // === impl Manager ===
 
 impl r2d2::ManageConnection for Manager {
     type Connection = PgConn;
-    type Error = ::postgres::Error;
+    type Error = ConnectError;
 
-    fn connect(&self) -> Result<PgConn, ::postgres::Error> {
-        let mut client = self.config.connect(NoTls)?;
+    fn connect(&self) -> Result<PgConn, ConnectError> {
+        let mut client = self.connector.connect()?;
         // Like SQLite's busy timeout: a lock held elsewhere fails the statement after a while
         // (the call is refused, 503) rather than hanging it.
         client.batch_execute(LOCK_WAIT)?;
@@ -134,9 +246,9 @@ impl r2d2::ManageConnection for Manager {
         })
     }
 
-    fn is_valid(&self, conn: &mut PgConn) -> Result<(), ::postgres::Error> {
+    fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
         match conn.client.as_mut() {
-            Some(client) => client.simple_query("").map(|_| ()),
+            Some(client) => client.simple_query("").map(|_| ()).map_err(ConnectError),
             None => Ok(()),
         }
     }

@@ -25,6 +25,7 @@ mod metering_faults;
 mod openapi;
 mod ops;
 mod org;
+mod pg_tls;
 mod policies;
 mod pricebook;
 mod services;
@@ -37,8 +38,6 @@ mod upstream_tls;
 /// is unset (`.ci/run` sets it).
 #[test]
 fn o3_the_whole_suite_passes_on_postgresql() {
-    use std::str::FromStr;
-
     const NAME: &str = "o3_the_whole_suite_passes_on_postgresql";
     if support::backend::on_postgres() {
         return; // this is the run on PostgreSQL
@@ -48,10 +47,7 @@ fn o3_the_whole_suite_passes_on_postgresql() {
     };
     let database = format!("tollgate_it_{}", std::process::id());
     let admin = |sql: &str| {
-        let mut client = postgres::Config::from_str(&server)
-            .expect("TOLLGATE_TEST_DATABASE_URL parses")
-            .connect(postgres::NoTls)
-            .unwrap_or_else(|e| panic!("cannot reach {server}: {e}"));
+        let mut client = tollgate::db::postgres::client(&server).unwrap_or_else(|e| panic!("{e}"));
         client
             .batch_execute(sql)
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
