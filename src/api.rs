@@ -204,15 +204,48 @@ pub async fn handle(
         (Method::GET, ["policies"]) => policies::describe(app, req).await,
         (Method::GET, ["decisions"]) => decisions::list(app, req).await,
         (Method::POST, ["policies", "reload"]) => policies::reload(app, req).await,
-        _ => Err(Rejection::not_found(
-            "NotFound",
-            format!(
-                "no endpoint {} `{}`; see docs/api.md",
-                req.method,
-                truncate(&req.path)
-            ),
-        )),
+        _ => match allowed_methods(&req.path).as_slice() {
+            [] => Err(Rejection::not_found(
+                "NotFound",
+                format!(
+                    "no endpoint {} `{}`; see docs/api.md",
+                    req.method,
+                    truncate(&req.path)
+                ),
+            )),
+            allowed => Err(Rejection::method_not_allowed(
+                &req.method,
+                &req.path,
+                allowed,
+            )),
+        },
     }
+}
+
+/// The methods a known path of the JSON API or the ops endpoints answers, in the order
+/// [`ENDPOINTS`] lists them; empty for an unknown path. A placeholder matches any one segment,
+/// as the dispatcher's arms do. Service calls (`/svc/...`) never get here: their unknown routes
+/// are F1's 404 `NoSuchRoute`.
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let matches = |template: &str| {
+        let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+        parts.len() == segments.len()
+            && parts
+                .iter()
+                .zip(&segments)
+                .all(|(t, s)| t.starts_with('{') || t == s)
+    };
+    let ops = crate::server::pipeline::ENDPOINTS
+        .iter()
+        .filter(|(method, _)| *method != "*");
+    let mut allowed: Vec<&'static str> = Vec::new();
+    for (method, template) in ENDPOINTS.iter().chain(ops) {
+        if matches(template) && !allowed.contains(method) {
+            allowed.push(method);
+        }
+    }
+    allowed
 }
 
 /// The path's account, which must be the caller's own: nobody manages another account (U9),

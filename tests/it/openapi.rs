@@ -227,10 +227,9 @@ async fn openapi_every_endpoint_is_routed_with_its_documented_security() {
     let doc = fetch_document(&gw).await;
     let ops = operations(&doc);
 
-    // The check can fail: an unrouted path and a wrong method get the fallthrough.
+    // The check can fail: an unrouted path gets the fallthrough (a known path's wrong method
+    // gets 405, see below).
     let r = gw.client.get("/accounts/123456789012/nope").await;
-    assert!(is_fallthrough(&r), "{}", r.text());
-    let r = gw.client.send(Method::PATCH, "/org", &[], "").await;
     assert!(is_fallthrough(&r), "{}", r.text());
 
     let mut checked: Vec<Endpoint> = owned(api::ENDPOINTS).into_iter().collect();
@@ -288,6 +287,65 @@ async fn openapi_every_endpoint_is_routed_with_its_documented_security() {
             r.text()
         );
     }
+}
+
+/// Issue 22 item 3 (RFC 9110 §15.5.6): every known JSON API and ops path answers a method it
+/// does not serve with 405 `MethodNotAllowed` and an `Allow` header listing exactly the methods
+/// the document gives that path, before any token is asked for; `/svc/...` keeps F1's 404
+/// `NoSuchRoute`, and an unknown path stays 404 `NotFound`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue22_an_unsupported_method_on_a_known_path_is_405_with_allow() {
+    let (_upstream, gw) = gateway().await;
+    let doc = fetch_document(&gw).await;
+    let ops = operations(&doc);
+    let mut by_path: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (method, path) in ops.keys() {
+        by_path.entry(path).or_default().insert(method);
+    }
+    let mut checked = 0;
+    for (template, documented) in &by_path {
+        if template.starts_with("/svc/") {
+            continue;
+        }
+        let path = concrete(template);
+        for method in ["GET", "PUT", "POST", "DELETE", "PATCH", "HEAD"] {
+            if documented.contains(method) {
+                continue;
+            }
+            let r = gw
+                .client
+                .send(Method::from_bytes(method.as_bytes()).unwrap(), &path, &[], "")
+                .await;
+            assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {}", r.text());
+            if method != "HEAD" {
+                assert_eq!(r.error_code(), "MethodNotAllowed", "{method} {path}");
+            }
+            let allow: BTreeSet<&str> = r
+                .header("allow")
+                .unwrap_or_else(|| panic!("{method} {path}: no Allow header"))
+                .split(',')
+                .map(str::trim)
+                .collect();
+            assert_eq!(&allow, documented, "{method} {path}: Allow");
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} method/path pairs checked");
+
+    // Service calls: an unrouted method is F1's 404, nothing forwarded.
+    let acme = gw.account("acme").await;
+    let r = acme
+        .client
+        .send(Method::PATCH, "/svc/storage/objects/a", &[], "")
+        .await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "NoSuchRoute"),
+        "{}",
+        r.text()
+    );
+    let r = gw.client.send(Method::PATCH, "/org/nope", &[], "").await;
+    assert!(is_fallthrough(&r), "{}", r.text());
 }
 
 /// `api::ENDPOINTS` lists exactly the dispatcher's match arms, read from `src/api.rs`: a new arm
