@@ -13,7 +13,7 @@ Schemathesis 4.x with every check on, in phases, each with credentials of its ow
 
 Any finding fails the run (exit 1). Usage:
 
-  python3 scripts/schemathesis.py [--bin target/debug/tollgate] [--examples 10]
+  python3 scripts/schemathesis.py [--bin target/debug/tollgate] [--examples 20]
 
 Environment: TOLLGATE_BIN (the binary), TOLLGATE_ST_EXAMPLES (examples per operation and phase),
 TOLLGATE_ST_REPORT (a directory for Schemathesis' JUnit reports).
@@ -65,7 +65,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     parser.add_argument("--bin", default=os.environ.get("TOLLGATE_BIN", str(target / "debug" / "tollgate")))
-    parser.add_argument("--examples", type=int, default=int(os.environ.get("TOLLGATE_ST_EXAMPLES", "10")))
+    parser.add_argument("--examples", type=int, default=int(os.environ.get("TOLLGATE_ST_EXAMPLES", "20")))
     parser.add_argument("--only", help="run only the phases whose names match this regex")
     parser.add_argument("--phases", help="Schemathesis phases to run (default: all of them)")
     args = parser.parse_args()
@@ -195,7 +195,7 @@ def run_schemathesis(gateway: Gateway, tmp: Path, name: str, parameters: dict[st
         "--checks", "all",
         "--max-examples", str(examples),
         "--seed", "22",
-        "--workers", "2",
+        "--workers", "1",
         "--request-timeout", "30",
         "--no-color",
         *auth, *selection,
@@ -252,6 +252,7 @@ def fresh_account(api: Api, setup: str) -> tuple[dict[str, str], str]:
     if setup == "org_with_member":
         created = api.call("POST", "/org/accounts", {
             "name": f"st-member-{suffix}", "email": f"member@st-{suffix}.example",
+            "owner_user": owner, "owner_password": password,
         }, token=token, expect=(200, 201))
         parameters["account_id"] = created["account_id"]
     if setup == "member_of_org":
@@ -262,7 +263,7 @@ def fresh_account(api: Api, setup: str) -> tuple[dict[str, str], str]:
         api.call("POST", "/org/invitations", {"account_id": member_parameters["account_id"]},
                  token=org_token, expect=(200, 201))
         handshakes = api.call("GET", "/handshakes", token=member_token)
-        handshake = handshakes["handshakes"][0]["handshake_id"]
+        handshake = handshakes["handshakes"][0]["id"]
         api.call("POST", f"/handshakes/{handshake}/accept", token=member_token)
         return member_parameters, member_token
     return parameters, token

@@ -307,6 +307,37 @@ pub(crate) fn authorize_on_own_account(
     .map(|_| ())
 }
 
+/// Integers in request bodies as JSON Schema's `integer` has them: `12` and `12.0` alike (a
+/// number whose fraction is zero is an integer there). Out-of-range values saturate, so that
+/// the range check after parsing names the field; a fraction or a non-number is refused.
+pub(crate) mod integral {
+    use serde::{Deserialize, Deserializer, de::Error as _};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        from_number(&serde_json::Number::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?
+            .map(|n| from_number(&n).map_err(D::Error::custom))
+            .transpose()
+    }
+
+    /// The `as` casts are exact: a float with no fraction, clamped to i64's range first.
+    fn from_number(n: &serde_json::Number) -> Result<i64, String> {
+        if let Some(i) = n.as_i64() {
+            return Ok(i);
+        }
+        if n.as_u64().is_some() {
+            return Ok(i64::MAX);
+        }
+        match n.as_f64() {
+            Some(f) if f.fract() == 0.0 => Ok(f.clamp(i64::MIN as f64, i64::MAX as f64) as i64),
+            _ => Err(format!("expected an integer, got `{n}`")),
+        }
+    }
+}
+
 // === impl ApiRequest ===
 
 impl ApiRequest {

@@ -19,15 +19,12 @@ use crate::auth::{
 };
 use crate::authz::{Resource, TargetUser};
 use crate::body::Body;
-use crate::ids::{AccountId, UserName};
+use crate::ids::{self, AccountId, MAX_ACCOUNT_NAME, MAX_EMAIL, UserName};
 use crate::server::authn::{self, Allow, Caller};
 use crate::server::authorize::{self, Facts};
 use crate::server::rejection::Rejection;
 use crate::store::StoreError;
 use crate::store::accounts::{AccessKeyRecord, AccountStore, MfaState, NewAccount, UserRecord};
-
-const MAX_ACCOUNT_NAME: usize = 64;
-const MAX_EMAIL: usize = 254;
 
 /// A new account and its owner, as signup (A1) and member creation (A3) take it.
 #[derive(Deserialize)]
@@ -51,14 +48,15 @@ struct SignupResponse {
 struct PasswordPolicyDto {
     // Wide integers, so an out-of-range number is reported by name with the others (U2)
     // instead of failing deserialization on the first one that overflows a narrow type.
+    #[serde(deserialize_with = "api::integral::deserialize")]
     min_length: i64,
     require_uppercase: bool,
     require_lowercase: bool,
     require_digit: bool,
     require_symbol: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "api::integral::option")]
     max_age_days: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "api::integral::option")]
     reuse_prevention: Option<i64>,
 }
 
@@ -145,23 +143,18 @@ impl NewAccountRequest {
         app: &App,
         requester: Requester,
     ) -> Result<NewAccount, Rejection> {
-        let name = self.name.trim().to_owned();
-        if name.is_empty()
-            || name.chars().count() > MAX_ACCOUNT_NAME
-            || name.chars().any(char::is_control)
-        {
+        // Taken as sent: a name or address with spaces around it is refused, not trimmed, so
+        // what is stored is what the client sent (and what the document's patterns say).
+        let (name, email) = (self.name, self.email);
+        if !ids::is_account_name(&name) {
             return Err(invalid_input(format!(
-                "`name` must be 1 to {MAX_ACCOUNT_NAME} printable characters"
+                "`name` must be 1 to {MAX_ACCOUNT_NAME} characters, without control characters or spaces at either end"
             )));
         }
-        let email = self.email.trim().to_owned();
-        if email.len() > MAX_EMAIL
-            || !email.contains('@')
-            || email.chars().any(|c| c.is_control() || c.is_whitespace())
-        {
-            return Err(invalid_input(
-                "`email` must be an address like `owner@example.com`",
-            ));
+        if !ids::is_email(&email) {
+            return Err(invalid_input(format!(
+                "`email` must be an address like `owner@example.com`, at most {MAX_EMAIL} characters, without spaces"
+            )));
         }
         let owner = UserName::parse(&self.owner_user).map_err(|e| invalid_input(e.to_string()))?;
         let password = Secret::new(self.owner_password);
@@ -278,9 +271,13 @@ pub async fn change_password(
     let body: ChangePasswordRequest = req.json(app).await?;
     let new_password = Secret::new(body.new_password);
     if is_self {
+        // No old password is not the current password: the same 403 as a wrong one (it is no
+        // guess, so it does not count toward the lock).
         let Some(old) = body.old_password.map(Secret::new) else {
-            return Err(invalid_input(
-                "changing your own password needs `old_password`",
+            return Err(Rejection::new(
+                StatusCode::FORBIDDEN,
+                "InvalidCredentials",
+                "changing your own password needs `old_password`, the current password",
             ));
         };
         // A wrong old password is a failed password attempt like a failed login (U4): a

@@ -314,9 +314,19 @@ async fn issue22_an_unsupported_method_on_a_known_path_is_405_with_allow() {
             }
             let r = gw
                 .client
-                .send(Method::from_bytes(method.as_bytes()).unwrap(), &path, &[], "")
+                .send(
+                    Method::from_bytes(method.as_bytes()).unwrap(),
+                    &path,
+                    &[],
+                    "",
+                )
                 .await;
-            assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {}", r.text());
+            assert_eq!(
+                r.status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}: {}",
+                r.text()
+            );
             if method != "HEAD" {
                 assert_eq!(r.error_code(), "MethodNotAllowed", "{method} {path}");
             }
