@@ -43,7 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # alone, as a fresh account; `setup` names what that account needs first.
 DESTRUCTIVE = {
     "logout": "plain",
-    "changePassword": "plain",
+    # The owner sets another user's password (no `old_password` needed), so valid requests
+    # really change it; a wrong `old_password` on one's own is checked by the test suite.
+    "changePassword": "other_user",
     "putPasswordPolicy": "plain",
     "deleteAccessKey": "access_key",
     "enrollMfa": "mfa",
@@ -246,6 +248,9 @@ def fresh_account(api: Api, setup: str) -> tuple[dict[str, str], str]:
     })["account_id"]
     token = api.login(account, owner, password)
     parameters = {"account_id": account, "user": owner}
+    if setup == "other_user":
+        api.call("POST", f"/accounts/{account}/users", {"user": "target", "password": password}, token=token)
+        parameters["user"] = "target"
     if setup == "access_key":
         key = api.call("POST", f"/accounts/{account}/users/{owner}/access-keys", token=token)
         parameters["key_id"] = key["access_key_id"]
