@@ -204,15 +204,48 @@ pub async fn handle(
         (Method::GET, ["policies"]) => policies::describe(app, req).await,
         (Method::GET, ["decisions"]) => decisions::list(app, req).await,
         (Method::POST, ["policies", "reload"]) => policies::reload(app, req).await,
-        _ => Err(Rejection::not_found(
-            "NotFound",
-            format!(
-                "no endpoint {} `{}`; see docs/api.md",
-                req.method,
-                truncate(&req.path)
-            ),
-        )),
+        _ => match allowed_methods(&req.path).as_slice() {
+            [] => Err(Rejection::not_found(
+                "NotFound",
+                format!(
+                    "no endpoint {} `{}`; see docs/api.md",
+                    req.method,
+                    truncate(&req.path)
+                ),
+            )),
+            allowed => Err(Rejection::method_not_allowed(
+                &req.method,
+                &req.path,
+                allowed,
+            )),
+        },
     }
+}
+
+/// The methods a known path of the JSON API or the ops endpoints answers, in the order
+/// [`ENDPOINTS`] lists them; empty for an unknown path. A placeholder matches any one segment,
+/// as the dispatcher's arms do. Service calls (`/svc/...`) never get here: their unknown routes
+/// are F1's 404 `NoSuchRoute`.
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let matches = |template: &str| {
+        let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+        parts.len() == segments.len()
+            && parts
+                .iter()
+                .zip(&segments)
+                .all(|(t, s)| t.starts_with('{') || t == s)
+    };
+    let ops = crate::server::pipeline::ENDPOINTS
+        .iter()
+        .filter(|(method, _)| *method != "*");
+    let mut allowed: Vec<&'static str> = Vec::new();
+    for (method, template) in ENDPOINTS.iter().chain(ops) {
+        if matches(template) && !allowed.contains(method) {
+            allowed.push(method);
+        }
+    }
+    allowed
 }
 
 /// The path's account, which must be the caller's own: nobody manages another account (U9),
@@ -272,6 +305,37 @@ pub(crate) fn authorize_on_own_account(
         },
     )
     .map(|_| ())
+}
+
+/// Integers in request bodies as JSON Schema's `integer` has them: `12` and `12.0` alike (a
+/// number whose fraction is zero is an integer there). Out-of-range values saturate, so that
+/// the range check after parsing names the field; a fraction or a non-number is refused.
+pub(crate) mod integral {
+    use serde::{Deserialize, Deserializer, de::Error as _};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        from_number(&serde_json::Number::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?
+            .map(|n| from_number(&n).map_err(D::Error::custom))
+            .transpose()
+    }
+
+    /// The `as` casts are exact: a float with no fraction, clamped to i64's range first.
+    fn from_number(n: &serde_json::Number) -> Result<i64, String> {
+        if let Some(i) = n.as_i64() {
+            return Ok(i);
+        }
+        if n.as_u64().is_some() {
+            return Ok(i64::MAX);
+        }
+        match n.as_f64() {
+            Some(f) if f.fract() == 0.0 => Ok(f.clamp(i64::MIN as f64, i64::MAX as f64) as i64),
+            _ => Err(format!("expected an integer, got `{n}`")),
+        }
+    }
 }
 
 // === impl ApiRequest ===

@@ -953,6 +953,9 @@ fn plan(key: &str, r: RawPlan, p: &mut Problems) -> PlanConfig {
     }
 }
 
+/// Every service name, as `docs/openapi.json` states it.
+pub const SERVICE_NAME_PATTERN: &str = "^[a-z0-9-]{1,32}$";
+
 fn is_service_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32

@@ -53,6 +53,80 @@ fn random_lower_alnum(len: usize) -> String {
         .collect()
 }
 
+/// The space characters [`is_space`] knows, as a regular-expression class body.
+macro_rules! spaces {
+    () => {
+        "\\x20\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
+    };
+}
+
+/// The documented forms of the types below, as `docs/openapi.json` states them (ECMA-262 regular
+/// expressions, as JSON Schema reads them). `tests/it/openapi.rs` checks that the document
+/// carries each one and that the parsers here accept exactly what it matches.
+pub mod pattern {
+    pub const ACCOUNT_ID: &str = "^[0-9]{12}$";
+    /// User and group names (IAM's set).
+    pub const NAME: &str = "^[A-Za-z0-9+=,.@_-]{1,64}$";
+    pub const HANDSHAKE_ID: &str = "^h-[a-z0-9]{10,64}$";
+    /// 1–64 characters, no control character, no space at either end (nothing is trimmed).
+    pub const ACCOUNT_NAME: &str = concat!(
+        "^[^\\x00-\\x1f\\x7f-\\x9f",
+        spaces!(),
+        "]",
+        "(?:[^\\x00-\\x1f\\x7f-\\x9f]{0,62}[^\\x00-\\x1f\\x7f-\\x9f",
+        spaces!(),
+        "])?$"
+    );
+    /// `local@domain`: neither part empty, no second `@`, no control character or space.
+    pub const EMAIL: &str = concat!(
+        "^[^@\\x00-\\x1f\\x7f-\\x9f",
+        spaces!(),
+        "]+@[^@\\x00-\\x1f\\x7f-\\x9f",
+        spaces!(),
+        "]+$"
+    );
+}
+
+/// The longest account name, in characters.
+pub const MAX_ACCOUNT_NAME: usize = 64;
+/// The longest email address, in characters (RFC 5321's path limit).
+pub const MAX_EMAIL: usize = 254;
+
+/// A space that is not a control character: ECMA-262's `\s` less its controls, which is what
+/// [`pattern`] spells out (Rust's `char::is_whitespace` differs at U+0085 and U+FEFF).
+fn is_space(c: char) -> bool {
+    matches!(
+        c,
+        ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'
+            ..='\u{200a}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202f}'
+                | '\u{205f}'
+                | '\u{3000}'
+                | '\u{feff}'
+    )
+}
+
+/// Whether `s` is an account name as [`pattern::ACCOUNT_NAME`] says: taken as sent, never trimmed.
+pub fn is_account_name(s: &str) -> bool {
+    let count = s.chars().count();
+    (1..=MAX_ACCOUNT_NAME).contains(&count)
+        && !s.chars().any(char::is_control)
+        && !s.starts_with(is_space)
+        && !s.ends_with(is_space)
+}
+
+/// Whether `s` is an email address as [`pattern::EMAIL`] says (and at most [`MAX_EMAIL`]
+/// characters): the form only; nobody is mailed.
+pub fn is_email(s: &str) -> bool {
+    let part =
+        |p: &str| !p.is_empty() && !p.chars().any(|c| c == '@' || c.is_control() || is_space(c));
+    s.chars().count() <= MAX_EMAIL
+        && s.split_once('@')
+            .is_some_and(|(local, domain)| part(local) && part(domain))
+}
+
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "+=,.@_-".contains(c)
 }

@@ -103,9 +103,10 @@ pub use entry::{
     ReloadFailure, TransferEntry,
 };
 pub use read::{
-    BillUsage, DEFAULT_LIMIT, DecisionFilter, DecisionRecord, FinalMonth, MAX_LIMIT, Page,
-    QueryError, TierError, account_names, decision_by_request_id, final_month, for_each_decision,
-    month_to_date_spend, open_reader, query_decisions, usage_for_bill, usage_for_bill_through,
+    BillUsage, CURSOR_PATTERN, DEFAULT_LIMIT, DecisionFilter, DecisionRecord, FinalMonth,
+    MAX_LIMIT, Page, QueryError, TierError, account_names, decision_by_request_id, final_month,
+    for_each_decision, month_to_date_spend, open_reader, query_decisions, usage_for_bill,
+    usage_for_bill_through,
 };
 pub use spend::SpendBook;
 

@@ -19,15 +19,12 @@ use crate::auth::{
 };
 use crate::authz::{Resource, TargetUser};
 use crate::body::Body;
-use crate::ids::{AccountId, UserName};
+use crate::ids::{self, AccountId, MAX_ACCOUNT_NAME, MAX_EMAIL, UserName};
 use crate::server::authn::{self, Allow, Caller};
 use crate::server::authorize::{self, Facts};
 use crate::server::rejection::Rejection;
 use crate::store::StoreError;
 use crate::store::accounts::{AccessKeyRecord, AccountStore, MfaState, NewAccount, UserRecord};
-
-const MAX_ACCOUNT_NAME: usize = 64;
-const MAX_EMAIL: usize = 254;
 
 /// A new account and its owner, as signup (A1) and member creation (A3) take it.
 #[derive(Deserialize)]
@@ -51,14 +48,15 @@ struct SignupResponse {
 struct PasswordPolicyDto {
     // Wide integers, so an out-of-range number is reported by name with the others (U2)
     // instead of failing deserialization on the first one that overflows a narrow type.
+    #[serde(deserialize_with = "api::integral::deserialize")]
     min_length: i64,
     require_uppercase: bool,
     require_lowercase: bool,
     require_digit: bool,
     require_symbol: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "api::integral::option")]
     max_age_days: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "api::integral::option")]
     reuse_prevention: Option<i64>,
 }
 
@@ -145,23 +143,18 @@ impl NewAccountRequest {
         app: &App,
         requester: Requester,
     ) -> Result<NewAccount, Rejection> {
-        let name = self.name.trim().to_owned();
-        if name.is_empty()
-            || name.chars().count() > MAX_ACCOUNT_NAME
-            || name.chars().any(char::is_control)
-        {
+        // Taken as sent: a name or address with spaces around it is refused, not trimmed, so
+        // what is stored is what the client sent (and what the document's patterns say).
+        let (name, email) = (self.name, self.email);
+        if !ids::is_account_name(&name) {
             return Err(invalid_input(format!(
-                "`name` must be 1 to {MAX_ACCOUNT_NAME} printable characters"
+                "`name` must be 1 to {MAX_ACCOUNT_NAME} characters, without control characters or spaces at either end"
             )));
         }
-        let email = self.email.trim().to_owned();
-        if email.len() > MAX_EMAIL
-            || !email.contains('@')
-            || email.chars().any(|c| c.is_control() || c.is_whitespace())
-        {
-            return Err(invalid_input(
-                "`email` must be an address like `owner@example.com`",
-            ));
+        if !ids::is_email(&email) {
+            return Err(invalid_input(format!(
+                "`email` must be an address like `owner@example.com`, at most {MAX_EMAIL} characters, without spaces"
+            )));
         }
         let owner = UserName::parse(&self.owner_user).map_err(|e| invalid_input(e.to_string()))?;
         let password = Secret::new(self.owner_password);
@@ -263,8 +256,8 @@ pub async fn change_password(
     };
     let caller = authn::authenticate(app, &req.headers, req.peer, allow).await?;
     let account = own_account(&caller, account)?;
-    let target = target_user(app, &account, user).await?;
-    let is_self = target.name.key() == caller.principal.user.name.key();
+    let named = named_user(&account, user)?;
+    let is_self = named.key() == caller.principal.user.name.key();
     if caller.password_expired && !is_self {
         return Err(Rejection::new(
             StatusCode::FORBIDDEN,
@@ -272,15 +265,19 @@ pub async fn change_password(
             "your password expired: change your own password before anything else",
         ));
     }
-    authorize_on_user(app, &caller, "iam:UpdatePassword", &target, &req)?;
+    let target = decided_user(app, &caller, "iam:UpdatePassword", &account, named, &req).await?;
     let ip = req.client_ip(app);
     let requester = Requester::account(ip);
     let body: ChangePasswordRequest = req.json(app).await?;
     let new_password = Secret::new(body.new_password);
     if is_self {
+        // No old password is not the current password: the same 403 as a wrong one (it is no
+        // guess, so it does not count toward the lock).
         let Some(old) = body.old_password.map(Secret::new) else {
-            return Err(invalid_input(
-                "changing your own password needs `old_password`",
+            return Err(Rejection::new(
+                StatusCode::FORBIDDEN,
+                "InvalidCredentials",
+                "changing your own password needs `old_password`, the current password",
             ));
         };
         // A wrong old password is a failed password attempt like a failed login (U4): a
@@ -344,9 +341,9 @@ pub async fn enroll_mfa(
 ) -> Result<Response<Body>, Rejection> {
     let caller = authenticate_for_mfa(app, &req).await?;
     let account = own_account(&caller, account)?;
-    let target = target_user(app, &account, user).await?;
-    check_enrollment_token_scope(&caller, &target)?;
-    authorize_on_user(app, &caller, "iam:ManageMfa", &target, &req)?;
+    let named = named_user(&account, user)?;
+    check_enrollment_token_scope(&caller, &named)?;
+    let target = decided_user(app, &caller, "iam:ManageMfa", &account, named, &req).await?;
     req.discard_body(app).await?;
     if matches!(target.mfa, MfaState::On { .. }) {
         return Err(Rejection::new(
@@ -381,9 +378,9 @@ pub async fn verify_mfa(
 ) -> Result<Response<Body>, Rejection> {
     let caller = authenticate_for_mfa(app, &req).await?;
     let account = own_account(&caller, account)?;
-    let target = target_user(app, &account, user).await?;
-    check_enrollment_token_scope(&caller, &target)?;
-    authorize_on_user(app, &caller, "iam:ManageMfa", &target, &req)?;
+    let named = named_user(&account, user)?;
+    check_enrollment_token_scope(&caller, &named)?;
+    let target = decided_user(app, &caller, "iam:ManageMfa", &account, named, &req).await?;
     let body: MfaCode = req.json(app).await?;
     let MfaState::Pending { secret } = &target.mfa else {
         return Err(Rejection::new(
@@ -416,8 +413,8 @@ pub async fn create_access_key(
 ) -> Result<Response<Body>, Rejection> {
     let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
     let account = own_account(&caller, account)?;
-    let target = target_user(app, &account, user).await?;
-    authorize_on_user(app, &caller, "iam:ManageAccessKeys", &target, &req)?;
+    let named = named_user(&account, user)?;
+    let target = decided_user(app, &caller, "iam:ManageAccessKeys", &account, named, &req).await?;
     req.discard_body(app).await?;
     let (id, secret) = access_key::generate();
     let now = app.clock.now();
@@ -465,8 +462,8 @@ pub async fn list_access_keys(
 ) -> Result<Response<Body>, Rejection> {
     let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
     let account = own_account(&caller, account)?;
-    let target = target_user(app, &account, user).await?;
-    authorize_on_user(app, &caller, "iam:ManageAccessKeys", &target, &req)?;
+    let named = named_user(&account, user)?;
+    let target = decided_user(app, &caller, "iam:ManageAccessKeys", &account, named, &req).await?;
     let keys = app.store.access_keys(&account, &target.name).await?;
     let items: Vec<AccessKeyListItem> = keys
         .into_iter()
@@ -489,8 +486,8 @@ pub async fn delete_access_key(
 ) -> Result<Response<Body>, Rejection> {
     let caller = authn::authenticate(app, &req.headers, req.peer, Allow::default()).await?;
     let account = own_account(&caller, account)?;
-    let target = target_user(app, &account, user).await?;
-    authorize_on_user(app, &caller, "iam:ManageAccessKeys", &target, &req)?;
+    let named = named_user(&account, user)?;
+    let target = decided_user(app, &caller, "iam:ManageAccessKeys", &account, named, &req).await?;
     let missing = || {
         Rejection::not_found(
             "NoSuchAccessKey",
@@ -525,9 +522,9 @@ async fn authenticate_for_mfa(app: &App, req: &ApiRequest) -> Result<Caller, Rej
 }
 
 /// An enrollment-only token enrolls its own user and nobody else.
-fn check_enrollment_token_scope(caller: &Caller, target: &UserRecord) -> Result<(), Rejection> {
+fn check_enrollment_token_scope(caller: &Caller, target: &UserName) -> Result<(), Rejection> {
     if caller.claims.scope == crate::auth::Scope::MfaEnroll
-        && target.name.key() != caller.claims.user.key()
+        && target.key() != caller.claims.user.key()
     {
         return Err(authn::invalid_token(
             "an enrollment token enrolls only its own user",
@@ -537,41 +534,49 @@ fn check_enrollment_token_scope(caller: &Caller, target: &UserRecord) -> Result<
 }
 
 /// The user a path segment names. Clients percent-encode the `@`, `+`, `=` and `,` that user
-/// names may hold, so the segment is decoded first; the echo in the error is kept short.
-async fn target_user(app: &App, account: &AccountId, user: &str) -> Result<UserRecord, Rejection> {
+/// names may hold, so the segment is decoded first. A segment that is no user name names
+/// nobody, for every caller alike (it says nothing about which users exist); the echo in the
+/// error is kept short.
+fn named_user(account: &AccountId, user: &str) -> Result<UserName, Rejection> {
     let decoded = percent_encoding::percent_decode_str(user).decode_utf8_lossy();
-    let missing = || {
-        let shown: String = decoded.chars().take(64).collect();
-        Rejection::not_found(
-            "NoSuchUser",
-            format!("account {account} has no user `{shown}`"),
-        )
-    };
-    let name = UserName::parse(&decoded).map_err(|_| missing())?;
-    app.store.user(account, &name).await?.ok_or_else(missing)
+    UserName::parse(&decoded).map_err(|_| no_such_user(account, &decoded))
 }
 
-fn authorize_on_user(
+/// Decides `action` on the user as named, and only then says whether it exists (STYLE 17): a
+/// caller who may not act on the account's users gets the same logged 403 for every name, and
+/// learns nothing about which users exist. The store is read before the decision only for the
+/// target's `is_owner`, which a policy may test; a name nobody holds is no owner.
+async fn decided_user(
     app: &App,
     caller: &Caller,
     action: &str,
-    target: &UserRecord,
+    account: &AccountId,
+    name: UserName,
     req: &ApiRequest,
-) -> Result<(), Rejection> {
+) -> Result<UserRecord, Rejection> {
+    let record = app.store.user(account, &name).await?;
     authorize::authorize(
         app,
         caller,
         Facts {
             action,
             resource: Resource::User(TargetUser {
-                user: target.name.clone(),
-                is_owner: target.is_owner,
+                user: record.as_ref().map_or(name.clone(), |r| r.name.clone()),
+                is_owner: record.as_ref().is_some_and(|r| r.is_owner),
             }),
             method: req.method.as_str(),
             path: &req.path,
         },
+    )?;
+    record.ok_or_else(|| no_such_user(account, name.as_str()))
+}
+
+fn no_such_user(account: &AccountId, name: &str) -> Rejection {
+    let shown: String = name.chars().take(64).collect();
+    Rejection::not_found(
+        "NoSuchUser",
+        format!("account {account} has no user `{shown}`"),
     )
-    .map(|_| ())
 }
 
 async fn effective_policy(

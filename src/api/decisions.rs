@@ -28,6 +28,14 @@ use crate::server::authn::{self, Allow, Caller};
 use crate::server::authorize::{self, Facts};
 use crate::server::rejection::Rejection;
 
+/// An age for `since` and `until`, as `docs/openapi.json` states it (the other form is an
+/// RFC 3339 `date-time`).
+pub const AGE_PATTERN: &str = "^[0-9]+(ms|s|m|h|d)$";
+/// `decision`, in any case.
+pub const DECISION_PATTERN: &str = "^([Aa][Ll][Ll][Oo][Ww]|[Dd][Ee][Nn][Yy])$";
+/// The longest `action` filter.
+pub const MAX_ACTION: usize = 128;
+
 const PARAMS: &[&str] = &[
     "account", "user", "action", "decision", "since", "until", "limit", "cursor",
 ];
@@ -193,7 +201,7 @@ fn parse_query(query: Option<&str>, now: DateTime<Utc>) -> Result<DecisionFilter
                 Err(e) => problems.push(format!("`user`: {e}")),
             },
             "action" => {
-                if value.is_empty() || value.len() > 128 {
+                if value.is_empty() || value.chars().count() > MAX_ACTION {
                     problems.push("`action` must be an action name like `storage:GetObject`".into());
                 } else {
                     filter.action = Some(value);
@@ -226,11 +234,6 @@ fn parse_query(query: Option<&str>, now: DateTime<Utc>) -> Result<DecisionFilter
             _ => {}
         }
     }
-    if let (Some(since), Some(until)) = (filter.since, filter.until)
-        && since >= until
-    {
-        problems.push("`since` must be before `until`".into());
-    }
     if problems.is_empty() {
         Ok(filter)
     } else {
@@ -242,12 +245,40 @@ fn parse_query(query: Option<&str>, now: DateTime<Utc>) -> Result<DecisionFilter
 }
 
 /// An RFC 3339 time, or an age (`24h`, `7d`) counted back from `now`.
+/// An RFC 3339 time, or an age (`24h`, as `[0-9]+(ms|s|m|h|d)`) before `now`. An age reaching
+/// past the first representable time means "from the beginning", not an error.
 fn parse_time(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(value) {
         return Some(t.with_timezone(&Utc));
     }
-    let age = crate::config::parse_duration(value).ok()?;
-    now.checked_sub_signed(chrono::Duration::from_std(age).ok()?)
+    let digits = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(digits);
+    let ms_per_unit: u128 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    if number.is_empty() {
+        return None;
+    }
+    let earliest = DateTime::<Utc>::MIN_UTC;
+    // A number too long for u128 is an age past the beginning of time all the same.
+    let Ok(n) = number.parse::<u128>() else {
+        return Some(earliest);
+    };
+    let age = n
+        .checked_mul(ms_per_unit)
+        .and_then(|ms| i64::try_from(ms).ok())
+        .and_then(chrono::Duration::try_milliseconds);
+    Some(
+        age.and_then(|age| now.checked_sub_signed(age))
+            .unwrap_or(earliest),
+    )
 }
 
 fn shorten(s: &str) -> String {

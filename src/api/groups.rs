@@ -95,6 +95,7 @@ pub async fn delete(
 ) -> Result<Response<Body>, Rejection> {
     let (_, account) = authorize_manage(app, &req, account).await?;
     req.discard_body(app).await?;
+    let group = &decoded(group);
     let name = GroupName::parse(group).map_err(|_| no_such_group(&account, group))?;
     if app.store.delete_group(&account, &name).await? {
         Ok(api::no_content())
@@ -158,8 +159,16 @@ fn membership_response(
     }
 }
 
+/// A name from the path: clients percent-encode the `@`, `+`, `=` and `,` names may hold.
+fn decoded(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// Names from the path; a name that cannot exist is simply not found.
 fn names(account: &AccountId, group: &str, user: &str) -> Result<(GroupName, UserName), Rejection> {
+    let (group, user) = (&decoded(group), &decoded(user));
     let group_name = GroupName::parse(group).map_err(|_| no_such_group(account, group))?;
     let user_name = UserName::parse(user).map_err(|_| no_such_user(account, user))?;
     Ok((group_name, user_name))

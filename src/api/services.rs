@@ -376,7 +376,7 @@ fn no_such_plan(service: &ServiceConfig, plan: &str) -> Rejection {
             names.join(", ")
         )
     };
-    Rejection::bad_request("NoSuchPlan", message)
+    Rejection::not_found("NoSuchPlan", message)
 }
 
 // === impl SignupDto ===

@@ -19,6 +19,8 @@ use super::secret::Secret;
 pub const MAX_ACCESS_KEYS_PER_USER: usize = 2;
 /// The fixed prefix of every access key id.
 pub const ACCESS_KEY_ID_PREFIX: &str = "TGAK";
+/// Every access key id, as `docs/openapi.json` states it.
+pub const ACCESS_KEY_ID_PATTERN: &str = "^TGAK[A-Z0-9]{16}$";
 const ID_RANDOM_CHARS: usize = 16;
 const ID_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 /// 30 bytes = 240 bits, exactly 40 base64url characters.

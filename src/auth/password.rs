@@ -43,8 +43,9 @@ use super::client_address::ClientAddress;
 use super::secret::Secret;
 
 /// The longest password accepted, in bytes. Argon2 would take more, but a cap keeps a single
-/// request from buying unbounded hashing work, and 256 bytes is far beyond any human password.
-pub const MAX_PASSWORD_BYTES: usize = 256;
+/// request from buying unbounded hashing work. 512 bytes: the policies' cap of 128 characters
+/// (`password_policy::MAX_PASSWORD_CHARS`) at UTF-8's 4 bytes a character.
+pub const MAX_PASSWORD_BYTES: usize = 512;
 
 /// A unit of password work for a hashing thread.
 type Job = Box<dyn FnOnce(&Shared) + Send>;

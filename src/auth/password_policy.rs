@@ -9,7 +9,10 @@ use std::ops::RangeInclusive;
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::password::MAX_PASSWORD_BYTES;
+/// The longest password any policy accepts, in characters: the top of `min_length`'s range, so
+/// every policy can be met. At 4 bytes a character it stays within the hasher's byte cap
+/// (`password::MAX_PASSWORD_BYTES`).
+pub const MAX_PASSWORD_CHARS: u32 = 128;
 
 /// Allowed `min_length` values (U2).
 pub const MIN_LENGTH_RANGE: RangeInclusive<u32> = 8..=128;
@@ -53,7 +56,7 @@ pub struct PasswordPolicy(PasswordPolicyParams);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PasswordRule {
     MinLength(u32),
-    MaxBytes(usize),
+    MaxLength(u32),
     Uppercase,
     Lowercase,
     Digit,
@@ -177,8 +180,8 @@ impl PasswordPolicy {
 
     /// Checks a candidate password against every rule and reports all unmet ones together.
     /// Length counts characters; upper/lower/digit are ASCII; a symbol is printable ASCII that
-    /// is not a letter, digit or space (U2). The byte cap of the hasher is a rule too, so an
-    /// over-long password is a policy violation rather than a hashing error.
+    /// is not a letter, digit or space (U2). The length cap is a rule too, so an over-long
+    /// password is a policy violation rather than a hashing error.
     pub fn check(&self, password: &str) -> Result<(), PasswordPolicyViolation> {
         let p = &self.0;
         let length = u32::try_from(password.chars().count()).unwrap_or(u32::MAX);
@@ -186,8 +189,8 @@ impl PasswordPolicy {
         if length < p.min_length {
             unmet.push(PasswordRule::MinLength(p.min_length));
         }
-        if password.len() > MAX_PASSWORD_BYTES {
-            unmet.push(PasswordRule::MaxBytes(MAX_PASSWORD_BYTES));
+        if length > MAX_PASSWORD_CHARS {
+            unmet.push(PasswordRule::MaxLength(MAX_PASSWORD_CHARS));
         }
         let has = |f: fn(&char) -> bool| password.chars().any(|c| f(&c));
         if p.require_uppercase && !has(char::is_ascii_uppercase) {
@@ -207,6 +210,35 @@ impl PasswordPolicy {
         } else {
             Err(PasswordPolicyViolation { unmet })
         }
+    }
+
+    /// The character rules as one ECMA-262 regular expression (JSON Schema's `pattern`), for
+    /// `docs/openapi.json`: each required class somewhere, in any order. Lengths are not in it
+    /// (the document says them with `minLength` and `maxLength`); a policy that requires no
+    /// class gives `None`. A string is matched exactly when [`Self::check`] finds no class
+    /// rule unmet.
+    pub fn pattern(&self) -> Option<String> {
+        let p = &self.0;
+        let classes: Vec<&str> = [
+            (p.require_uppercase, "[A-Z]"),
+            (p.require_lowercase, "[a-z]"),
+            (p.require_digit, "[0-9]"),
+            (p.require_symbol, SYMBOL_CLASS),
+        ]
+        .into_iter()
+        .filter_map(|(required, class)| required.then_some(class))
+        .collect();
+        if classes.is_empty() {
+            return None;
+        }
+        let mut orders = Vec::new();
+        permutations(&classes, &mut Vec::new(), &mut orders);
+        let any = "[\\s\\S]*";
+        let branches: Vec<String> = orders
+            .iter()
+            .map(|order| format!("{any}{}{any}", order.join(any)))
+            .collect();
+        Some(format!("^(?:{})$", branches.join("|")))
     }
 
     /// Whether a password last changed at `changed_at` has outlived `max_age_days` at `now`.
@@ -243,6 +275,29 @@ where
     T::try_from(value).ok().filter(|v| range.contains(v))
 }
 
+/// The symbols of [`is_symbol`] as a regular-expression class: `!`–`/`, `:`–`@`, `[`–`` ` ``,
+/// `{`–`~`.
+const SYMBOL_CLASS: &str = "[!-/:-@\\[-`{-~]";
+
+/// Every order of `items`, appended to `out`.
+fn permutations<'a>(items: &[&'a str], prefix: &mut Vec<&'a str>, out: &mut Vec<Vec<&'a str>>) {
+    if items.is_empty() {
+        out.push(prefix.clone());
+        return;
+    }
+    for (i, item) in items.iter().enumerate() {
+        let rest: Vec<&str> = items
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, s)| *s)
+            .collect();
+        prefix.push(item);
+        permutations(&rest, prefix, out);
+        prefix.pop();
+    }
+}
+
 fn is_symbol(c: &char) -> bool {
     c.is_ascii_graphic() && !c.is_ascii_alphanumeric()
 }
@@ -253,7 +308,7 @@ impl fmt::Display for PasswordRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::MinLength(n) => write!(f, "at least {n} characters"),
-            Self::MaxBytes(n) => write!(f, "at most {n} bytes"),
+            Self::MaxLength(n) => write!(f, "at most {n} characters"),
             Self::Uppercase => f.write_str("an upper-case letter"),
             Self::Lowercase => f.write_str("a lower-case letter"),
             Self::Digit => f.write_str("a digit"),

@@ -41,6 +41,9 @@ impl BillingMonth {
             .ok_or_else(out_of_range)
     }
 
+    /// Every month [`Self::parse`] takes, as `docs/openapi.json` states it: 1970-01 to 9999-12.
+    pub const PATTERN: &str = "^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])$";
+
     /// Parses exactly `YYYY-MM`.
     pub fn parse(input: &str) -> Result<Self, MonthError> {
         let format = || MonthError::Format {

@@ -8,8 +8,6 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -135,6 +133,8 @@ impl From<DbError> for QueryError {
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
 const CURSOR_PREFIX: &str = "d1.";
+/// Every cursor [`query_decisions`] takes, as `docs/openapi.json` states it.
+pub const CURSOR_PATTERN: &str = "^d1\\.[1-9][0-9]{0,17}$";
 
 // === free functions ===
 
@@ -545,15 +545,16 @@ fn select_decisions(
 }
 
 fn encode_cursor(seq: u64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{seq}"))
+    format!("{CURSOR_PREFIX}{seq}")
 }
 
+/// A cursor as [`CURSOR_PATTERN`] says: `d1.` and a positive sequence number. Plain text, so
+/// the API document can state exactly which cursors exist; one past every record gives an empty
+/// page, not an error.
 fn parse_cursor(cursor: &str) -> Result<i64, QueryError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| QueryError::InvalidCursor)?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| QueryError::InvalidCursor)?;
-    text.strip_prefix(CURSOR_PREFIX)
+    cursor
+        .strip_prefix(CURSOR_PREFIX)
+        .filter(|n| n.len() <= 18 && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0'))
         .and_then(|n| n.parse::<i64>().ok())
         .filter(|n| *n > 0)
         .ok_or(QueryError::InvalidCursor)

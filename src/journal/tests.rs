@@ -1405,7 +1405,15 @@ async fn decisions_are_filtered_paged_newest_first_and_limited_to_visible_accoun
         .len(),
         7
     );
-    for bad in ["nonsense", "ZDEuMA", ""] {
+    for bad in [
+        "nonsense",
+        "ZDEuMA",
+        "",
+        "d1.0",
+        "d1.01",
+        "d1.-1",
+        "d1.9999999999999999999",
+    ] {
         assert_eq!(
             query_decisions(
                 &conn,

@@ -33,6 +33,8 @@ pub struct Rejection {
     /// For 403s from authorization: `"account"` or `"organization"`.
     pub denied_by: Option<&'static str>,
     pub retry_after_secs: Option<u64>,
+    /// For 405s: the methods the path does answer, for the `Allow` header (RFC 9110 §10.2.1).
+    pub allow: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -59,6 +61,7 @@ impl Rejection {
             message: message.into(),
             denied_by: None,
             retry_after_secs: None,
+            allow: None,
         }
     }
 
@@ -68,6 +71,22 @@ impl Rejection {
 
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 405 for a known path asked with a method it does not answer; `allow` lists the ones it
+    /// does (RFC 9110 §15.5.6).
+    pub fn method_not_allowed(method: &http::Method, path: &str, allow: &[&str]) -> Self {
+        let list = allow.join(", ");
+        let mut rejection = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!(
+                "`{}` does not answer {method}; it answers {list}",
+                path.chars().take(200).collect::<String>()
+            ),
+        );
+        rejection.allow = Some(list);
+        rejection
     }
 
     /// A failure on our side; the cause is logged, the client gets a neutral message.
@@ -107,6 +126,13 @@ impl Rejection {
         );
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = self
+            .allow
+            .as_deref()
+            .and_then(|a| HeaderValue::from_str(a).ok())
+        {
+            headers.insert(header::ALLOW, allow);
         }
         response
     }

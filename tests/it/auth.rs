@@ -303,9 +303,33 @@ async fn a1_bad_signup_input_gets_a_clear_4xx_never_a_500() {
         ),
         (
             "overlong password",
-            with("owner_password", json!(format!("Aa1!{}", "x".repeat(300)))).into_bytes(),
+            with("owner_password", json!(format!("Aa1!{}", "x".repeat(125)))).into_bytes(),
             "PasswordPolicyViolation",
-            "256 bytes",
+            "at most 128 characters",
+        ),
+        (
+            "name with a space at its end (not trimmed)",
+            with("name", json!("acme ")).into_bytes(),
+            "InvalidInput",
+            "name",
+        ),
+        (
+            "email with spaces around it (not trimmed)",
+            with("email", json!(" a@example.com")).into_bytes(),
+            "InvalidInput",
+            "email",
+        ),
+        (
+            "email without a local part",
+            with("email", json!("@example.com")).into_bytes(),
+            "InvalidInput",
+            "email",
+        ),
+        (
+            "empty email",
+            with("email", json!("")).into_bytes(),
+            "InvalidInput",
+            "email",
         ),
         (
             "non-UTF-8 body",
@@ -1988,8 +2012,10 @@ async fn u9_owners_manage_their_own_accounts_users() {
     assert_error(&r, StatusCode::FORBIDDEN, "AccessDenied");
 
     // A user changes its own password only with the right old one.
+    // Without one, the same 403 as a wrong one (issue 22: the document cannot say "required
+    // when the path names yourself", so a missing `old_password` is no malformed request).
     let r = change_password(&dev, &acme.id, "dev", None, "Dev-new-pass-3!").await;
-    assert_error(&r, StatusCode::BAD_REQUEST, "InvalidInput");
+    assert_error(&r, StatusCode::FORBIDDEN, "InvalidCredentials");
     assert!(message(&r).contains("old_password"), "{}", r.text());
     let r = change_password(
         &dev,
@@ -2082,6 +2108,115 @@ async fn u9_owners_manage_their_own_accounts_users() {
             .status,
         StatusCode::OK
     );
+}
+
+/// Issue 22 item 1 (STYLE 17, D1): Cedar decides on the user as named before anyone looks it
+/// up. A user without IAM rights gets the same logged 403 for a colleague who exists and a name
+/// nobody holds, on every call that names a user; only a caller Cedar allows learns which exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue22_a_caller_without_rights_learns_nothing_about_which_users_exist() {
+    let upstream = Upstream::start().await;
+    // Sixteen refusals in a row: the deny throttle (its own tests) stays out of the way.
+    let gw = TestGateway::builder(&upstream.url())
+        .tweak(|c| c.audit.deny_rate = 0)
+        .start()
+        .await;
+    let acme = gw.account("acme").await;
+    for user in ["dev", "colleague"] {
+        let r = create_user(&acme.client, &acme.id, user, DEV_PASSWORD).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+    let r = acme
+        .client
+        .post_json(
+            &format!("/accounts/{}/groups", acme.id),
+            json!({"group": "ops"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let dev = login_client(&gw, &acme.id, "dev", DEV_PASSWORD).await;
+    let calls = |user: &str| {
+        let base = format!("/accounts/{}/users/{user}", acme.id);
+        let groups = format!("/accounts/{}/groups/ops/members/{user}", acme.id);
+        vec![
+            (
+                Method::PUT,
+                format!("{base}/password"),
+                r#"{"new_password":"Hijack-pass-1!"}"#,
+            ),
+            (Method::POST, format!("{base}/mfa"), ""),
+            (
+                Method::POST,
+                format!("{base}/mfa/verify"),
+                r#"{"code":"123456"}"#,
+            ),
+            (Method::POST, format!("{base}/access-keys"), ""),
+            (Method::GET, format!("{base}/access-keys"), ""),
+            (
+                Method::DELETE,
+                format!("{base}/access-keys/TGAKAAAAAAAAAAAAAAAA"),
+                "",
+            ),
+            (Method::PUT, groups.clone(), ""),
+            (Method::DELETE, groups, ""),
+        ]
+    };
+    let headers = [("content-type", "application/json")];
+    let mut refused = Vec::new();
+    for (existing, missing) in calls("colleague").into_iter().zip(calls("nobody-here")) {
+        let mut answers = Vec::new();
+        for (method, path, body) in [existing, missing] {
+            let r = dev.send(method.clone(), &path, &headers, body).await;
+            assert_error(&r, StatusCode::FORBIDDEN, "AccessDenied");
+            let request_id = r.header("x-request-id").expect("a request id").to_owned();
+            refused.push((format!("{method} {path}"), request_id));
+            answers.push((r.status, r.json()["error"]["code"].clone(), message(&r)));
+        }
+        assert_eq!(
+            answers[0],
+            answers[1],
+            "{} answers alike for both names",
+            refused.last().unwrap().0
+        );
+    }
+
+    // Each refusal is in the decision log, as a Deny of the caller (D1).
+    let log = acme
+        .client
+        .get("/decisions?user=dev&decision=Deny&limit=1000")
+        .await;
+    assert_eq!(log.status, StatusCode::OK, "{}", log.text());
+    let log = log.json();
+    for (call, request_id) in &refused {
+        let found = log["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["request_id"] == request_id.as_str() && d["decision"] == "Deny");
+        assert!(
+            found,
+            "{call} ({request_id}) is not logged as a Deny: {log}"
+        );
+    }
+
+    // The owner, whom Cedar allows, is told which users exist.
+    let r = change_password(
+        &acme.client,
+        &acme.id,
+        "nobody-here",
+        None,
+        "Owner-set-pass-4!",
+    )
+    .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "NoSuchUser");
+    let r = acme
+        .client
+        .get(&format!(
+            "/accounts/{}/users/colleague/access-keys",
+            acme.id
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }
 
 // === F2: the identity the upstream sees ===

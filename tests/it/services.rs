@@ -212,12 +212,12 @@ async fn s1_s2_a_plan_of_a_signup_required_service_needs_the_sign_up_and_ends_wi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s2_an_unknown_plan_is_400_naming_the_available_plans() {
+async fn s2_an_unknown_plan_is_404_naming_the_available_plans() {
     let upstream = Upstream::start().await;
     let gw = TestGateway::builder(&upstream.url()).start().await;
     let acme = gw.account("acme").await;
     let r = put_plan(&acme, "support", "gold".into()).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.error_code(), "NoSuchPlan");
     let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(
@@ -225,7 +225,7 @@ async fn s2_an_unknown_plan_is_400_naming_the_available_plans() {
         "{message}"
     );
     let r = put_plan(&acme, "storage", "business".into()).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(r.text().contains("offers no plans"), "{}", r.text());
     let r = acme
         .client

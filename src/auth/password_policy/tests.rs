@@ -122,13 +122,19 @@ fn violation_message_names_each_unmet_rule() {
 }
 
 #[test]
-fn overlong_passwords_violate_the_byte_cap() {
+fn overlong_passwords_violate_the_length_cap() {
     let p = PasswordPolicy::default();
-    let long = format!("Aa1!{}", "x".repeat(MAX_PASSWORD_BYTES));
+    let long = format!("Aa1!{}", "x".repeat(MAX_PASSWORD_CHARS as usize - 4));
+    assert_eq!(p.check(&long), Ok(()));
+    let long = format!("{long}x");
     assert_eq!(
         p.check(&long).map_err(|v| v.unmet),
-        Err(vec![PasswordRule::MaxBytes(MAX_PASSWORD_BYTES)])
+        Err(vec![PasswordRule::MaxLength(MAX_PASSWORD_CHARS)])
     );
+    // The longest password of 4-byte characters still fits the hasher's byte cap.
+    let wide = format!("Aa1!{}", "😀".repeat(MAX_PASSWORD_CHARS as usize - 4));
+    assert_eq!(p.check(&wide), Ok(()));
+    assert!(wide.len() <= crate::auth::password::MAX_PASSWORD_BYTES);
 }
 
 #[test]
